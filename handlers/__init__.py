@@ -1,0 +1,1 @@
+"""Tornado handlers: thin. Parse, call one service function, respond."""

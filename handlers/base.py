@@ -1,0 +1,80 @@
+"""BaseHandler: the login cookie, dependency injection and error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import tornado.web
+from pymongo.errors import PyMongoError
+
+from server.orders import OrderError
+from server.services import Services
+
+log = logging.getLogger(__name__)
+
+USER_COOKIE = "user"
+COOKIE_DAYS = 7
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    services: Services
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+
+    def get_current_user(self) -> str | None:
+        raw = self.get_signed_cookie(USER_COOKIE, max_age_days=COOKIE_DAYS)
+        return raw.decode("utf-8") if raw else None
+
+    @property
+    def user(self) -> str:
+        assert self.current_user is not None
+        return str(self.current_user)
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        # Expected failures get one line; only the unexpected get a traceback.
+        if isinstance(value, (OrderError, PyMongoError)):
+            log.warning("%s %s: %s: %s", self.request.method, self.request.path,
+                        type(value).__name__, value)
+            return
+        super().log_exception(typ, value, tb)
+
+
+class JsonHandler(BaseHandler):
+    """API handler: JSON bodies in and out, ``{"error": ...}`` with 4xx/5xx."""
+
+    def prepare(self) -> None:
+        if self.current_user is None:
+            raise tornado.web.HTTPError(401, reason="log in first")
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError):
+            raise tornado.web.HTTPError(400, reason="body must be JSON") from None
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(payload, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, OrderError):
+            status_code, message = exc.status, str(exc)
+        elif isinstance(exc, PyMongoError):
+            status_code, message = 503, "storage unavailable, try again"
+        elif isinstance(exc, tornado.web.HTTPError) and exc.reason:
+            message = exc.reason
+        elif status_code >= 500:
+            message = "internal error"
+        self.clear_header("Content-Type")
+        self.send_json({"error": message}, status=status_code)

@@ -1,0 +1,75 @@
+"""``POST /wxpay/notify``: WeChat's payment result.
+
+WeChat retries until it reads ``return_code=SUCCESS``, so SUCCESS is sent only
+once the payment is durably recorded, and FAIL (with a reason) whenever a retry
+could help or the message must not be believed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tornado.web
+from pymongo.errors import PyMongoError
+
+from handlers.base import BaseHandler
+from server.payments import NotifyRejected
+from server.wxpay import xmlcodec
+
+log = logging.getLogger(__name__)
+
+MAX_NOTIFY_BODY = 64 * 1024
+
+
+@tornado.web.stream_request_body
+class NotifyHandler(BaseHandler):
+    def check_xsrf_cookie(self) -> None:
+        """Exempt: a notify carries no cookie; its signature is its proof."""
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+        if self.request.method != "POST":
+            return
+        declared = self.request.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > MAX_NOTIFY_BODY:
+            self._reply_fail("body too large", 413)
+            return
+        if self.request.connection is not None:
+            # Keep reading only what we might accept (a chunked body is counted below).
+            self.request.connection.set_max_body_size(MAX_NOTIFY_BODY + 1)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > MAX_NOTIFY_BODY:
+            self._too_large = True
+            self._chunks.clear()
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    async def post(self) -> None:
+        if self._too_large:
+            return self._reply_fail("body too large", 413)
+        try:
+            order_id = await self.services.payments.handle_notify(b"".join(self._chunks))
+        except NotifyRejected as exc:
+            return self._reply_fail(str(exc), 400)
+        except PyMongoError as exc:
+            log.warning("notify not recorded, storage unavailable: %s", type(exc).__name__)
+            return self._reply_fail("storage unavailable, retry later", 503)
+        log.info("notify for %s acknowledged", order_id)
+        self._reply({"return_code": "SUCCESS", "return_msg": "OK"})
+
+    def get(self) -> None:
+        self._reply_fail("use POST", 405)
+
+    def _reply_fail(self, reason: str, status: int) -> None:
+        if status != 503:  # storage failures were logged where they were caught
+            log.warning("notify refused from %s: %s", self.request.remote_ip, reason)
+        self.set_status(status)
+        self._reply({"return_code": "FAIL", "return_msg": reason})
+
+    def _reply(self, fields: dict[str, str]) -> None:
+        self.set_header("Content-Type", "text/xml; charset=utf-8")
+        self.finish(xmlcodec.render(fields))

@@ -1,0 +1,90 @@
+"""HTML pages: shop, login, pay page, success and fail."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import tornado.web
+
+from handlers.base import COOKIE_DAYS, USER_COOKIE, BaseHandler
+from server import catalog, users
+from server.orders import OrderError
+
+MONEY = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
+
+
+def yuan(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
+def safe_next(target: str) -> str:
+    """Only same-site paths: a login must never bounce the shopper elsewhere."""
+    parts = urlsplit(target)
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target
+
+
+class PageHandler(BaseHandler):
+    def render_page(self, template: str, **kwargs: object) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.render(template, sandbox=self.services.settings.sandbox, yuan=yuan, **kwargs)
+
+
+class ShopPage(PageHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.render_page("shop.html", skus=await catalog.list_skus(self.services.store))
+
+
+class LoginPage(PageHandler):
+    def get(self) -> None:
+        self.render_page("login.html", error="", username="",
+                         next_url=safe_next(self.get_query_argument("next", "/")))
+
+    async def post(self) -> None:
+        username = self.get_body_argument("username", "").strip()
+        password = self.get_body_argument("password", "")
+        next_url = safe_next(self.get_body_argument("next", "/"))
+        if await users.authenticate(self.services.store, username, password):
+            secure = self.services.settings.public_url.startswith("https://")
+            self.set_signed_cookie(USER_COOKIE, username, expires_days=COOKIE_DAYS,
+                                   httponly=True, samesite="Lax", secure=secure)
+            self.redirect(next_url)
+            return
+        self.set_status(401)
+        self.render_page("login.html", error="Wrong username or password.",
+                         username=username, next_url=next_url)
+
+
+class LogoutHandler(BaseHandler):
+    def post(self) -> None:
+        self.clear_cookie(USER_COOKIE)
+        self.redirect("/login")
+
+
+class PayPage(PageHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        order_id = self.get_query_argument("orderId", "")
+        try:
+            order = await self.services.orders.get_owned(self.user, order_id)
+        except OrderError:
+            self.set_status(404)
+            self.render_page("payfail.html", reason="No such order.")
+            return
+        self.render_page("weixinpay.html", order=order)
+
+
+class SuccessPage(PageHandler):
+    def get(self) -> None:
+        money = self.get_query_argument("money", "")
+        self.render_page("paysuccess.html", money=money if MONEY.match(money) else "")
+
+
+class FailPage(PageHandler):
+    def get(self) -> None:
+        self.render_page("payfail.html", reason="The order was closed before it was paid.")

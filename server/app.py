@@ -1,0 +1,53 @@
+"""The application factory: routes and Tornado settings around given services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tornado.web
+
+from handlers import api, health, notify, pages
+from server.services import Services
+from server.simulator import app as simulator_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_app(services: Services, **overrides: object) -> tornado.web.Application:
+    deps = {"services": services}
+    routes: list[tornado.web.URLSpec] = [
+        tornado.web.url(r"/", pages.ShopPage, deps, name="shop"),
+        tornado.web.url(r"/login", pages.LoginPage, deps, name="login"),
+        tornado.web.url(r"/logout", pages.LogoutHandler, deps, name="logout"),
+        tornado.web.url(r"/weixinpay\.html", pages.PayPage, deps, name="pay"),
+        tornado.web.url(r"/paysuccess\.html", pages.SuccessPage, deps, name="paysuccess"),
+        tornado.web.url(r"/payfail\.html", pages.FailPage, deps, name="payfail"),
+        tornado.web.url(r"/api/skus", api.SkusHandler, deps),
+        tornado.web.url(r"/api/orders", api.OrdersHandler, deps),
+        tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, deps),
+        tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler, deps),
+        tornado.web.url(r"/wxpay/notify", notify.NotifyHandler, deps),
+        tornado.web.url(r"/healthz", health.HealthzHandler, deps),
+        tornado.web.url(r"/readyz", health.ReadyzHandler, deps),
+    ]
+    if services.simulator is not None:
+        routes += simulator_app.routes("/sandbox/wxpay", services.simulator)
+    settings = services.settings
+    app_settings: dict[str, object] = {
+        "cookie_secret": settings.cookie_secret,
+        "xsrf_cookies": True,
+        "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Strict"},
+        "login_url": "/login",
+        "template_path": str(ROOT / "templates"),
+        "static_path": str(ROOT / "static"),
+        "compress_response": True,
+    }
+    app_settings.update(overrides)
+    return tornado.web.Application(routes, **app_settings)
+
+
+def make_simulator_app(sim: simulator_app.Simulator) -> tornado.web.Application:
+    """The simulator on its own (``paypush simulator``): WeChat's API at the root."""
+    return tornado.web.Application(simulator_app.routes("", sim),
+                                   template_path=str(ROOT / "templates"),
+                                   static_path=str(ROOT / "static"))

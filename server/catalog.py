@@ -1,0 +1,51 @@
+"""The SKU catalog, and the demo data sandbox mode seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from server.store import Store
+from server.users import InvalidUser, create_user
+
+log = logging.getLogger(__name__)
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo-pass-123"
+DEMO_SKUS = (
+    {"_id": "tea-longjing", "name": "West Lake Longjing tea, 100 g", "price": 8800, "stock": 50},
+    {"_id": "mug-celadon", "name": "Celadon mug", "price": 3900, "stock": 30},
+    {"_id": "fan-silk", "name": "Silk folding fan", "price": 2500, "stock": 20},
+    {"_id": "card-sticker", "name": "Sticker card (limited)", "price": 1, "stock": 5},
+)
+
+
+def sku_json(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"id": doc["_id"], "name": doc["name"], "price": int(doc["price"]),
+            "stock": int(doc["stock"])}
+
+
+async def list_skus(store: Store) -> list[dict[str, Any]]:
+    docs = await store.skus.find({}, projection={"holds": 0}).sort("_id", 1).to_list(1000)
+    return [sku_json(d) for d in docs]
+
+
+async def add_sku(store: Store, sku_id: str, name: str, price: int, stock: int) -> bool:
+    """Insert a SKU unless one with that id exists (stock is never reset by a re-seed)."""
+    try:
+        await store.skus.insert_one({"_id": sku_id, "name": name, "price": price,
+                                     "stock": stock, "holds": {}})
+        return True
+    except DuplicateKeyError:
+        return False
+
+
+async def seed_demo(store: Store) -> None:
+    for sku in DEMO_SKUS:
+        await add_sku(store, sku["_id"], sku["name"], sku["price"], sku["stock"])
+    # Already there: keep whatever password it has now.
+    with contextlib.suppress(InvalidUser):
+        await create_user(store, DEMO_USER, DEMO_PASSWORD)

@@ -1,0 +1,138 @@
+"""``paypush`` command line: serve, create-user, simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+
+import aiohttp
+
+import settings as settings_mod
+from server import logs
+from server.app import make_app, make_simulator_app
+from server.catalog import DEMO_PASSWORD, DEMO_USER
+from server.embedded_mongo import EmbeddedMongo
+from server.services import open_services
+from server.simulator.app import Simulator
+from server.store import connect
+from server.users import InvalidUser, create_user
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 8.0
+
+
+@contextlib.contextmanager
+def mongo_url_for(settings: settings_mod.Settings) -> Iterator[str]:
+    """MONGO_URL, or the embedded server's URL (started here unless already running)."""
+    if settings.mongo_url:
+        yield settings.mongo_url
+        return
+    embedded = EmbeddedMongo(settings.var_dir / "mongo").attach_or_start()
+    try:
+        yield embedded.url
+    finally:
+        embedded.stop()  # only stops what this process started
+
+
+async def wait_for_shutdown_signal() -> str:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    return received[0]
+
+
+async def serve(settings: settings_mod.Settings, mongo_url: str) -> None:
+    services = await open_services(settings, mongo_url)
+    app = make_app(services)
+    server = app.listen(settings.port, settings.host, xheaders=True)
+    log.info("paypush listening on http://%s:%d (public URL %s)", settings.host, settings.port,
+             settings.public_url)
+    if settings.sandbox:
+        log.warning("SANDBOX MODE: WeChat Pay is the built-in simulator at %s; no real money moves",
+                    settings.simulator_base)
+        log.warning("SANDBOX MODE: demo login is %s / %s", DEMO_USER, DEMO_PASSWORD)
+    log.info("WeChat Pay API base: %s, notify_url: %s", settings.wxpay_api_base, settings.notify_url)
+    name = await wait_for_shutdown_signal()
+    log.info("%s received: shutting down", name)
+    server.stop()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
+    await services.close()
+    log.info("paypush stopped")
+
+
+async def run_simulator(settings: settings_mod.Settings, host: str, port: int) -> None:
+    async with aiohttp.ClientSession() as http:
+        sim = Simulator.create(http, appid=settings.wxpay_appid, mch_id=settings.wxpay_mch_id,
+                               key=settings.wxpay_key,
+                               close_min_age_seconds=settings.sim_close_min_age_seconds,
+                               notify_speed=settings.sim_notify_speed)
+        server = make_simulator_app(sim).listen(port, host)
+        log.info("WeChat Pay simulator on http://%s:%d (appid %s, mch_id %s)", host, port,
+                 settings.wxpay_appid, settings.wxpay_mch_id)
+        await wait_for_shutdown_signal()
+        server.stop()
+        await sim.close()
+
+
+async def add_user(settings: settings_mod.Settings, mongo_url: str, name: str, password: str,
+                   replace: bool) -> bool:
+    store = connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
+    try:
+        return await create_user(store, name, password, replace=replace)
+    finally:
+        await store.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paypush", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the shop, API, notify endpoint and workers")
+    user = sub.add_parser("create-user", help="create a shop user (or --replace a password)")
+    user.add_argument("name")
+    user.add_argument("--password", help="the password (prompted for when omitted)")
+    user.add_argument("--replace", action="store_true", help="reset the password of an existing user")
+    sim = sub.add_parser("simulator", help="run the WeChat Pay simulator on its own")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8899)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_mod.from_environ()
+    except settings_mod.ConfigError as exc:
+        print(f"paypush: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format)
+    try:
+        if args.command == "serve":
+            with mongo_url_for(settings) as url:
+                asyncio.run(serve(settings, url))
+        elif args.command == "create-user":
+            password = args.password or getpass.getpass(f"password for {args.name}: ")
+            with mongo_url_for(settings) as url:
+                created = asyncio.run(add_user(settings, url, args.name, password, args.replace))
+            print(f"user {args.name} {'created' if created else 'password replaced'}")
+        elif args.command == "simulator":
+            asyncio.run(run_simulator(settings, args.host, args.port))
+    except InvalidUser as exc:
+        print(f"paypush: {exc}", file=sys.stderr)
+        return 1
+    except (RuntimeError, OSError) as exc:
+        print(f"paypush: {exc}", file=sys.stderr)
+        return 1
+    return 0

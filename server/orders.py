@@ -1,0 +1,236 @@
+"""Orders: creation with atomic stock reservation, reads, and state transitions.
+
+Stock is reserved per SKU with one conditional update that also records the
+hold on the SKU document itself (``holds.<order_id>``). That makes every stock
+movement exactly-once: a hold is taken only if absent and given back only if
+present, whoever retries, races or restarts.
+
+State machine (``status``): reserving -> unpaid -> paid | closed, and
+reserving -> rejected when stock is short. Every transition is one conditional
+single-document update; side effects run only for the caller that won it and
+are idempotent themselves, so they can be re-driven by a repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+RESERVING, UNPAID, PAID, CLOSED, REJECTED = "reserving", "unpaid", "paid", "closed", "rejected"
+VISIBLE = (UNPAID, PAID, CLOSED)
+MAX_LINES = 20
+MAX_NUM = 99
+# SKU ids become field names in ``holds``: no dots, no leading "$".
+SKU_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class OrderError(Exception):
+    status = 400
+
+
+class BadOrder(OrderError):
+    status = 400
+
+
+class OutOfStock(OrderError):
+    status = 409
+
+    def __init__(self, sku_id: str):
+        super().__init__(f"not enough stock for {sku_id}")
+        self.sku_id = sku_id
+
+
+class OrderNotFound(OrderError):
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__("no such order")
+
+
+@dataclass(frozen=True)
+class Line:
+    sku_id: str
+    num: int
+
+
+def new_order_id() -> str:
+    """A valid WeChat ``out_trade_no`` (<= 32 chars) with 96 random bits.
+
+    The date prefix helps a human matching WeChat's bill to ours.
+    """
+    return time.strftime("%Y%m%d", time.gmtime()) + secrets.token_hex(12)
+
+
+def parse_lines(payload: Any) -> list[Line]:
+    """Validate ``{"items": [{"sku_id", "num"}]}``; repeated SKUs are merged."""
+    items = payload.get("items") if isinstance(payload, dict) else None
+    if not isinstance(items, list) or not items:
+        raise BadOrder('expected {"items": [{"sku_id": "...", "num": 1}, ...]}')
+    if len(items) > MAX_LINES:
+        raise BadOrder(f"at most {MAX_LINES} lines per order")
+    merged: dict[str, int] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise BadOrder("each item must be an object with sku_id and num")
+        sku_id, num = item.get("sku_id"), item.get("num")
+        if not isinstance(sku_id, str) or not SKU_ID.match(sku_id):
+            raise BadOrder("sku_id must be a SKU id string")
+        if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_NUM:
+            raise BadOrder(f"num must be a whole number from 1 to {MAX_NUM}")
+        merged[sku_id] = merged.get(sku_id, 0) + num
+        if merged[sku_id] > MAX_NUM:
+            raise BadOrder(f"at most {MAX_NUM} of one SKU per order")
+    # A fixed order of reservation keeps two orders for the same SKUs from
+    # each holding what the other needs.
+    return [Line(s, n) for s, n in sorted(merged.items())]
+
+
+def order_json(order: dict[str, Any], logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    out = {
+        "id": order["_id"],
+        "status": order["status"],
+        "pay_money": int(order["pay_money"]),
+        "items": [{"sku_id": i["sku_id"], "name": i["name"], "price": int(i["price"]),
+                   "num": int(i["num"])} for i in order["items"]],
+        "created_at": _iso(order["created_at"]),
+        "expires_at": _iso(order["expires_at"]),
+        "transaction_id": order.get("transaction_id"),
+        "pay_time": _iso(order["pay_time"]) if order.get("pay_time") else None,
+    }
+    if logs is not None:
+        out["logs"] = [{"kind": e["kind"], "who": e["who"], "remarks": e.get("remarks", ""),
+                        "at": _iso(e["at"])} for e in logs]
+    return out
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(ts)))
+
+
+class Orders:
+    def __init__(self, store: Store, timeout_seconds: int):
+        self.store = store
+        self.timeout_seconds = timeout_seconds
+
+    async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
+        skus = {d["_id"]: d for d in await self.store.skus.find(
+            {"_id": {"$in": [ln.sku_id for ln in lines]}}, projection={"holds": 0}).to_list(None)}
+        for ln in lines:
+            if ln.sku_id not in skus:
+                raise BadOrder(f"unknown sku_id {ln.sku_id}")
+        now = time.time()
+        items = [{"sku_id": ln.sku_id, "name": skus[ln.sku_id]["name"],
+                  "price": int(skus[ln.sku_id]["price"]), "num": ln.num} for ln in lines]
+        order = {
+            "_id": new_order_id(),
+            "user": user,
+            "items": items,
+            "pay_money": sum(i["price"] * i["num"] for i in items),
+            "status": RESERVING,
+            "created_at": now,
+            "expires_at": now + self.timeout_seconds,
+        }
+        # The order exists before any stock moves, so a crash part-way leaves a
+        # "reserving" order whose holds can be found and given back.
+        await self.store.orders.insert_one(order)
+        for ln in lines:
+            if not await self._hold(order["_id"], ln):
+                await self.release_reservation(order, to=REJECTED)
+                raise OutOfStock(ln.sku_id)
+        placed = await self.store.orders.find_one_and_update(
+            {"_id": order["_id"], "status": RESERVING}, {"$set": {"status": UNPAID}},
+            return_document=ReturnDocument.AFTER)
+        if placed is None:
+            raise OrderNotFound()  # released by a sweep while we were reserving
+        await self.add_log(order["_id"], "created", user, f"{len(items)} lines, {order['pay_money']} fen")
+        log.info("order %s created by %s: %d fen", order["_id"], user, order["pay_money"])
+        return placed
+
+    async def _hold(self, order_id: str, line: Line) -> bool:
+        held = await self.store.skus.find_one_and_update(
+            {"_id": line.sku_id, "stock": {"$gte": line.num}, f"holds.{order_id}": {"$exists": False}},
+            {"$inc": {"stock": -line.num}, "$set": {f"holds.{order_id}": line.num}},
+            projection={"_id": 1})
+        return held is not None
+
+    async def _give_back(self, order_id: str, sku_id: str, num: int) -> None:
+        await self.store.skus.update_one(
+            {"_id": sku_id, f"holds.{order_id}": {"$exists": True}},
+            {"$inc": {"stock": num}, "$unset": {f"holds.{order_id}": ""}})
+
+    async def _settle(self, order_id: str, sku_id: str) -> None:
+        """A paid order's hold becomes a sale: the stock stays taken."""
+        await self.store.skus.update_one(
+            {"_id": sku_id, f"holds.{order_id}": {"$exists": True}},
+            {"$unset": {f"holds.{order_id}": ""}})
+
+    async def release_reservation(self, order: dict[str, Any], to: str) -> None:
+        """Give back every hold this order has (each at most once)."""
+        for item in order["items"]:
+            await self._give_back(order["_id"], item["sku_id"], int(item["num"]))
+        if to == REJECTED:
+            await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
+                                               {"$set": {"status": REJECTED}})
+
+    async def settle_reservation(self, order: dict[str, Any]) -> None:
+        for item in order["items"]:
+            await self._settle(order["_id"], item["sku_id"])
+
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        return await self.store.orders.find_one({"_id": order_id})
+
+    async def get_owned(self, user: str, order_id: str) -> dict[str, Any]:
+        """The user's own order in a visible state; anyone else's looks absent."""
+        order = await self.get(order_id) if isinstance(order_id, str) and len(order_id) <= 32 else None
+        if order is None or order["user"] != user or order["status"] not in VISIBLE:
+            raise OrderNotFound()
+        return order
+
+    async def logs(self, order_id: str) -> list[dict[str, Any]]:
+        return await self.store.order_logs.find({"order_id": order_id}).sort("at", 1).to_list(100)
+
+    async def add_log(self, order_id: str, kind: str, who: str, remarks: str = "") -> bool:
+        """Record one entry of ``kind``; a second attempt is a no-op. True if written."""
+        try:
+            await self.store.order_logs.insert_one(
+                {"order_id": order_id, "kind": kind, "who": who, "remarks": remarks, "at": time.time()})
+            return True
+        except DuplicateKeyError:
+            return False
+
+    async def mark_paid(self, order_id: str, transaction_id: str, pay_time: float,
+                        remarks: str) -> tuple[bool, dict[str, Any] | None]:
+        """unpaid -> paid. Returns (won, order after); side effects re-run on a repeat."""
+        order = await self.store.orders.find_one_and_update(
+            {"_id": order_id, "status": UNPAID},
+            {"$set": {"status": PAID, "transaction_id": transaction_id, "pay_time": pay_time,
+                      "paid_at": time.time()}},
+            return_document=ReturnDocument.AFTER)
+        won = order is not None
+        if not won:
+            order = await self.get(order_id)
+        if order is not None and order["status"] == PAID and order.get("transaction_id") == transaction_id:
+            await self.after_paid(order, remarks)
+        return won, order
+
+    async def after_paid(self, order: dict[str, Any], remarks: str) -> None:
+        """Idempotent side effects of a payment: the log entry and the settled holds."""
+        if await self.add_log(order["_id"], "paid", "system", remarks):
+            log.info("order %s paid: %s", order["_id"], remarks)
+        await self.settle_reservation(order)
+
+    async def remember_code_url(self, order_id: str, code_url: str, prepay_id: str) -> None:
+        await self.store.orders.update_one(
+            {"_id": order_id, "status": UNPAID},
+            {"$set": {"wx": {"code_url": code_url, "prepay_id": prepay_id, "at": time.time()}}})

@@ -1,0 +1,64 @@
+"""The dependencies handlers and workers are given: opened once, closed once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+
+from server import catalog
+from server import store as store_mod
+from server.orders import Orders
+from server.payments import Payments, PushRoutes
+from server.push_tokens import PushTokens
+from server.simulator.app import Simulator
+from server.store import Store
+from server.wxpay.client import Merchant, WxPayClient
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    http: aiohttp.ClientSession
+    orders: Orders
+    payments: Payments
+    push_tokens: PushTokens
+    simulator: Simulator | None
+
+    async def close(self) -> None:
+        if self.simulator is not None:
+            await self.simulator.close()
+        await self.http.close()
+        await self.store.close()
+
+
+def ws_base(public_url: str) -> str:
+    return "ws" + public_url[len("http"):] if public_url.startswith("http") else public_url
+
+
+async def open_services(settings: Settings, mongo_url: str) -> Services:
+    """Connect to MongoDB (creating indexes) and build the service layer."""
+    store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
+    await store_mod.create_indexes(store)
+    http = aiohttp.ClientSession()
+    merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
+                        settings.wxpay_sign_type)
+    wx = WxPayClient(http, settings.wxpay_api_base, merchant)
+    tokens = PushTokens(settings.cookie_secret)
+    orders = Orders(store, settings.order_timeout_seconds)
+    push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.stomp_login,
+                      settings.stomp_passcode, tokens)
+    payments = Payments(orders, wx, settings.notify_url, push)
+    simulator = None
+    if settings.sandbox:
+        simulator = Simulator.create(http, appid=settings.wxpay_appid, mch_id=settings.wxpay_mch_id,
+                                     key=settings.wxpay_key,
+                                     close_min_age_seconds=settings.sim_close_min_age_seconds,
+                                     notify_speed=settings.sim_notify_speed)
+        await catalog.seed_demo(store)
+    return Services(settings, store, http, orders, payments, tokens, simulator)

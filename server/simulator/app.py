@@ -1,0 +1,226 @@
+"""HTTP face of the simulator: WeChat's merchant API plus a "phone" that pays.
+
+Mounted under ``/sandbox/wxpay/`` in sandbox mode, or served on its own by
+``paypush simulator``. None of it uses cookies, so none of it is XSRF-checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import tornado.web
+
+from server.simulator.notifier import Notifier, NotifyPlan
+from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, Trade, TradeBook, TradeError
+from server.wxpay import signing, xmlcodec
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+UNIFIEDORDER_REQUIRED = ("body", "out_trade_no", "total_fee", "spbill_create_ip",
+                         "notify_url", "trade_type")
+
+
+@dataclass
+class Simulator:
+    appid: str
+    mch_id: str
+    key: str
+    trades: TradeBook
+    notifier: Notifier
+
+    @classmethod
+    def create(cls, session: aiohttp.ClientSession, *, appid: str, mch_id: str, key: str,
+               close_min_age_seconds: float = 300.0, notify_speed: float = 1.0) -> Simulator:
+        return cls(appid, mch_id, key, TradeBook(close_min_age_seconds),
+                   Notifier(session, key, appid, mch_id, notify_speed))
+
+    async def close(self) -> None:
+        await self.notifier.close()
+
+
+class _SimHandler(tornado.web.RequestHandler):
+    def initialize(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def check_xsrf_cookie(self) -> None:
+        """Server-to-server and cookie-less: nothing for XSRF to protect."""
+
+
+class MerchantApiHandler(_SimHandler):
+    """``/pay/unifiedorder``, ``/pay/orderquery``, ``/pay/closeorder``."""
+
+    def initialize(self, sim: Simulator, action: str) -> None:  # type: ignore[override]
+        self.sim = sim
+        self.action = action
+
+    def get(self) -> None:
+        self._fail("REQUIRE_POST_METHOD: 请使用post方法")
+
+    def post(self) -> None:
+        body = self.request.body
+        if not body:
+            return self._fail("POST_DATA_EMPTY: post数据为空")
+        if len(body) > MAX_BODY:
+            return self._fail("XML_FORMAT_ERROR: 请求过大")
+        try:
+            request = xmlcodec.parse(body)
+        except xmlcodec.MalformedXML:
+            return self._fail("XML_FORMAT_ERROR: XML格式错误")
+        if request.get("appid") != self.sim.appid:
+            return self._fail("appid不存在")
+        if request.get("mch_id") != self.sim.mch_id:
+            return self._fail("mch_id参数格式错误")
+        if not request.get("nonce_str"):
+            return self._fail("缺少参数nonce_str")
+        if not signing.verify(request, self.sim.key):
+            return self._fail("签名错误")
+        self.sign_type = request.get("sign_type") or signing.MD5
+        try:
+            result = getattr(self, "_" + self.action)(request)
+        except TradeError as exc:
+            return self._reply({"result_code": "FAIL", "err_code": exc.err_code,
+                                "err_code_des": exc.err_code_des})
+        self._reply({"result_code": "SUCCESS", **result})
+
+    def _unifiedorder(self, request: dict[str, str]) -> dict[str, str]:
+        missing = [f for f in UNIFIEDORDER_REQUIRED if not request.get(f)]
+        if request.get("trade_type") == "NATIVE" and not request.get("product_id"):
+            missing.append("product_id")
+        if missing:
+            raise TradeError("LACK_PARAMS", "缺少参数" + ",".join(missing))
+        if request["trade_type"] != "NATIVE":
+            raise TradeError("PARAM_ERROR", "simulator supports trade_type NATIVE only")
+        total_fee = request["total_fee"]
+        if not total_fee.isdigit() or int(total_fee) <= 0:
+            raise TradeError("PARAM_ERROR", "total_fee must be a positive integer (fen)")
+        if len(request["out_trade_no"]) > 32:
+            raise TradeError("PARAM_ERROR", "out_trade_no longer than 32")
+        trade = self.sim.trades.unified_order(request)
+        return {"trade_type": "NATIVE", "prepay_id": trade.prepay_id, "code_url": trade.code_url}
+
+    def _orderquery(self, request: dict[str, str]) -> dict[str, str]:
+        if not request.get("out_trade_no"):
+            raise TradeError("LACK_PARAMS", "缺少参数out_trade_no")
+        trade = self.sim.trades.get(request["out_trade_no"])
+        answer = {"out_trade_no": trade.out_trade_no, "trade_state": trade.state,
+                  "trade_state_desc": TRADE_STATE_DESC[trade.state],
+                  "total_fee": str(trade.total_fee)}
+        if trade.state == SUCCESS:
+            answer.update(transaction_id=trade.transaction_id, time_end=trade.time_end,
+                          openid=trade.openid, trade_type="NATIVE", bank_type="CMC",
+                          cash_fee=str(trade.total_fee), fee_type="CNY")
+        return answer
+
+    def _closeorder(self, request: dict[str, str]) -> dict[str, str]:
+        if not request.get("out_trade_no"):
+            raise TradeError("LACK_PARAMS", "缺少参数out_trade_no")
+        self.sim.trades.close(request["out_trade_no"])
+        return {}
+
+    def _reply(self, fields: dict[str, str]) -> None:
+        message = {"return_code": "SUCCESS", "return_msg": "OK", "appid": self.sim.appid,
+                   "mch_id": self.sim.mch_id, "nonce_str": signing.nonce(), **fields}
+        self.set_header("Content-Type", "text/xml; charset=utf-8")
+        self.write(xmlcodec.render(signing.signed(message, self.sim.key, self.sign_type)))
+
+    def _fail(self, message: str) -> None:
+        # Like WeChat: a refused request gets return_code FAIL, unsigned.
+        self.set_header("Content-Type", "text/xml; charset=utf-8")
+        self.write(xmlcodec.render({"return_code": "FAIL", "return_msg": message}))
+
+
+def _trade_json(trade: Trade) -> dict[str, Any]:
+    return {"out_trade_no": trade.out_trade_no, "trade_state": trade.state,
+            "total_fee": trade.total_fee, "transaction_id": trade.transaction_id,
+            "code_url": trade.code_url, "body": trade.request.get("body", ""),
+            "notify_replies": []}
+
+
+class PhoneJsonHandler(_SimHandler):
+    """Test-facing phone: ``POST scan`` (USERPAYING) or ``POST pay`` with knobs.
+
+    Body: ``{"code_url": "...", "notify": {"drop": false, "copies": 1, "delay": 0}}``.
+    """
+
+    def initialize(self, sim: Simulator, action: str) -> None:  # type: ignore[override]
+        self.sim = sim
+        self.action = action
+
+    def post(self) -> None:
+        try:
+            payload = json.loads(self.request.body or b"{}")
+            code_url = str(payload["code_url"])
+            knobs = payload.get("notify") or {}
+            plan = NotifyPlan(drop=bool(knobs.get("drop", False)),
+                              copies=max(1, min(int(knobs.get("copies", 1)), 50)),
+                              delay=max(0.0, float(knobs.get("delay", 0))))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.set_status(400)
+            return self.finish({"error": "expected {\"code_url\": ..., \"notify\": {...}}"})
+        try:
+            if self.action == "scan":
+                trade = self.sim.trades.scan(code_url)
+            else:
+                trade = self.sim.trades.pay(code_url)
+                self.sim.notifier.schedule(trade, plan)
+        except TradeError as exc:
+            self.set_status(409)
+            return self.finish({"error": exc.err_code, "message": exc.err_code_des})
+        self.finish(_trade_json(trade))
+
+
+class TradeJsonHandler(_SimHandler):
+    """``GET trades/{out_trade_no}``: what WeChat knows, including notify replies seen."""
+
+    def get(self, out_trade_no: str) -> None:
+        try:
+            trade = self.sim.trades.get(out_trade_no)
+        except TradeError as exc:
+            self.set_status(404)
+            return self.finish({"error": exc.err_code})
+        answer = _trade_json(trade)
+        answer["notify_replies"] = self.sim.notifier.deliveries.get(out_trade_no, [])
+        self.finish(answer)
+
+
+class PhonePageHandler(_SimHandler):
+    """What the shopper's phone shows after scanning: the amount and a Pay button."""
+
+    def get(self) -> None:
+        self._show(self.get_argument("code_url", ""), done=False, error="")
+
+    def post(self) -> None:
+        code_url = self.get_argument("code_url", "")
+        try:
+            self.sim.notifier.schedule(self.sim.trades.pay(code_url), NotifyPlan())
+        except TradeError as exc:
+            return self._show(code_url, done=False, error=exc.err_code_des)
+        self._show(code_url, done=True, error="")
+
+    def _show(self, code_url: str, *, done: bool, error: str) -> None:
+        try:
+            trade: Trade | None = self.sim.trades.by_code_url(code_url)
+        except TradeError as exc:
+            trade, error = None, error or exc.err_code_des
+        if trade is None:
+            self.set_status(404)
+        self.render("sandbox_phone.html", trade=trade, code_url=code_url, done=done, error=error)
+
+
+def routes(prefix: str, sim: Simulator) -> list[tornado.web.URLSpec]:
+    """The simulator's URL table under ``prefix`` (no trailing slash)."""
+    p = prefix.rstrip("/")
+    return [
+        tornado.web.url(p + "/pay/unifiedorder", MerchantApiHandler, {"sim": sim, "action": "unifiedorder"}),
+        tornado.web.url(p + "/pay/orderquery", MerchantApiHandler, {"sim": sim, "action": "orderquery"}),
+        tornado.web.url(p + "/pay/closeorder", MerchantApiHandler, {"sim": sim, "action": "closeorder"}),
+        tornado.web.url(p + "/phone", PhonePageHandler, {"sim": sim}, name="sim_phone"),
+        tornado.web.url(p + "/scan", PhoneJsonHandler, {"sim": sim, "action": "scan"}),
+        tornado.web.url(p + "/pay", PhoneJsonHandler, {"sim": sim, "action": "pay"}),
+        tornado.web.url(p + r"/trades/([A-Za-z0-9_\-|*]{1,32})", TradeJsonHandler, {"sim": sim}),
+    ]

@@ -1,0 +1,105 @@
+"""Delivers payment notifies the way WeChat does: signed XML POSTed to the
+order's ``notify_url``, repeated on WeChat's schedule until the merchant answers
+``return_code=SUCCESS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+
+from server.simulator.trades import Trade
+from server.wxpay import signing, xmlcodec
+
+log = logging.getLogger(__name__)
+
+# Seconds between attempts, from WeChat Pay's notify documentation
+# (15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h).
+RETRY_SCHEDULE = (15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600,
+                  10800, 10800, 10800, 21600, 21600)
+
+
+@dataclass(frozen=True)
+class NotifyPlan:
+    """Test knobs for one payment's notify."""
+
+    drop: bool = False   # never send it (the merchant must find the payment by orderquery)
+    copies: int = 1      # send this many concurrent copies of the first attempt
+    delay: float = 0.0   # seconds before the first attempt
+
+
+class Notifier:
+    def __init__(self, session: aiohttp.ClientSession, key: str, appid: str, mch_id: str,
+                 speed: float = 1.0):
+        self._session = session
+        self._key = key
+        self._appid = appid
+        self._mch_id = mch_id
+        self.speed = speed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.deliveries: dict[str, list[str]] = {}  # out_trade_no -> replies seen
+
+    def message(self, trade: Trade) -> dict[str, str]:
+        sign_type = trade.request.get("sign_type") or signing.MD5
+        return signing.signed({
+            "return_code": "SUCCESS",
+            "return_msg": "OK",
+            "appid": self._appid,
+            "mch_id": self._mch_id,
+            "nonce_str": signing.nonce(),
+            "result_code": "SUCCESS",
+            "openid": trade.openid,
+            "is_subscribe": "N",
+            "trade_type": trade.request.get("trade_type", "NATIVE"),
+            "bank_type": "CMC",
+            "total_fee": str(trade.total_fee),
+            "fee_type": "CNY",
+            "cash_fee": str(trade.total_fee),
+            "transaction_id": trade.transaction_id,
+            "out_trade_no": trade.out_trade_no,
+            "time_end": trade.time_end,
+        }, self._key, sign_type)
+
+    def schedule(self, trade: Trade, plan: NotifyPlan) -> None:
+        if plan.drop:
+            log.info("simulator: notify for %s dropped on purpose", trade.out_trade_no)
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(trade, plan))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, trade: Trade, plan: NotifyPlan) -> None:
+        delays = (plan.delay, *RETRY_SCHEDULE)
+        for attempt, delay in enumerate(delays):
+            await asyncio.sleep(delay / self.speed if attempt else delay)
+            copies = plan.copies if attempt == 0 else 1
+            results = await asyncio.gather(*(self._post(trade) for _ in range(copies)))
+            if any(results):
+                return
+        log.warning("simulator: notify for %s never acknowledged", trade.out_trade_no)
+
+    async def _post(self, trade: Trade) -> bool:
+        url = trade.request["notify_url"]
+        try:
+            async with self._session.post(url, data=xmlcodec.render(self.message(trade)),
+                                          headers={"Content-Type": "text/xml"},
+                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                body = await resp.content.read(65536)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.info("simulator: notify for %s failed: %s", trade.out_trade_no, exc)
+            self.deliveries.setdefault(trade.out_trade_no, []).append("UNREACHABLE")
+            return False
+        try:
+            reply = xmlcodec.parse(body).get("return_code", "")
+        except xmlcodec.MalformedXML:
+            reply = "MALFORMED"
+        self.deliveries.setdefault(trade.out_trade_no, []).append(reply)
+        return reply == "SUCCESS"
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

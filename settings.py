@@ -1,0 +1,196 @@
+"""The only module that reads the environment.
+
+Everything configurable is read here once, validated, and handed to the rest of
+the code as a frozen :class:`Settings`. A missing or malformed value fails at
+start-up with a message naming the variable to set; secrets are kept out of
+``repr`` so they never reach a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# WeChat's published sandbox-style demo credentials: only ever used against the
+# built-in simulator (start-up refuses them against the real API).
+SANDBOX_APPID = "wxd930ea5d5a258f4f"
+SANDBOX_MCH_ID = "10000100"
+SANDBOX_KEY = "192006250b4c09247ec02edce69f6a2d"
+
+REAL_WXPAY_API_BASE = "https://api.mch.weixin.qq.com"
+SIGN_TYPES = ("MD5", "HMAC-SHA256")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8888
+    public_url: str = "http://127.0.0.1:8888"
+    mongo_url: str = ""
+    mongo_db: str = "paypush"
+    mongo_timeout_ms: int = 3000
+    var_dir: Path = Path("var")
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    stomp_url: str = "ws://127.0.0.1:15674/ws"
+    stomp_login: str = "webguest"
+    stomp_passcode: str = field(default="", repr=False)
+    wxpay_appid: str = SANDBOX_APPID
+    wxpay_mch_id: str = SANDBOX_MCH_ID
+    wxpay_key: str = field(default=SANDBOX_KEY, repr=False)
+    wxpay_sign_type: str = "MD5"
+    wxpay_api_base: str = ""
+    order_timeout_seconds: int = 3600
+    cookie_secret: str = field(default="", repr=False)
+    sandbox: bool = True
+    max_sockets_per_user: int = 8
+    sim_close_min_age_seconds: float = 300.0
+    sim_notify_speed: float = 1.0
+    log_format: str = "text"
+
+    @property
+    def notify_url(self) -> str:
+        return f"{self.public_url}/wxpay/notify"
+
+    @property
+    def simulator_base(self) -> str:
+        return f"{self.public_url}/sandbox/wxpay"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+
+
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _secret_file(var_dir: Path, name: str) -> str:
+    """Read a generated secret from VAR_DIR, creating it (0600) on first use."""
+    path = var_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(value)
+    return value
+
+
+def from_environ(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``env`` (``os.environ`` when not given)."""
+    env = os.environ if env is None else env
+    host = env.get("HOST", "").strip() or "127.0.0.1"
+    port = _int(env, "PORT", 8888)
+    if port > 65535:
+        raise ConfigError(f"PORT must be at most 65535, got {port}")
+    public_url = _url(env, "PUBLIC_URL", f"http://{host}:{port}", ("http", "https"))
+    var_dir = Path(env.get("VAR_DIR", "").strip() or "var")
+
+    key = env.get("WXPAY_KEY", "").strip()
+    sandbox = _bool(env, "SANDBOX", default=not key)
+    appid = env.get("WXPAY_APPID", "").strip()
+    mch_id = env.get("WXPAY_MCH_ID", "").strip()
+    if not sandbox:
+        missing = [n for n, v in (("WXPAY_APPID", appid), ("WXPAY_MCH_ID", mch_id),
+                                  ("WXPAY_KEY", key)) if not v]
+        if missing:
+            raise ConfigError(
+                f"{', '.join(missing)} must be set outside sandbox mode "
+                "(or set SANDBOX=1 to use the built-in simulator)")
+    if key and len(key) != 32:
+        raise ConfigError("WXPAY_KEY must be the 32-character API key from the merchant platform")
+
+    sign_type = env.get("WXPAY_SIGN_TYPE", "").strip().upper() or "MD5"
+    if sign_type not in SIGN_TYPES:
+        raise ConfigError(f"WXPAY_SIGN_TYPE must be MD5 or HMAC-SHA256, got {sign_type!r}")
+
+    default_api = f"{public_url}/sandbox/wxpay" if sandbox else REAL_WXPAY_API_BASE
+    api_base = _url(env, "WXPAY_API_BASE", default_api, ("http", "https"))
+
+    cookie_secret = env.get("COOKIE_SECRET", "").strip()
+    if not cookie_secret:
+        if not sandbox:
+            raise ConfigError(
+                "COOKIE_SECRET must be set outside sandbox mode: a long random string, "
+                "the same for every paypush process behind the load balancer")
+        cookie_secret = _secret_file(var_dir, "cookie_secret")
+
+    stomp_passcode = env.get("STOMP_PASSCODE", "").strip()
+    if not stomp_passcode and sandbox:
+        stomp_passcode = _secret_file(var_dir, "stomp_passcode")
+
+    log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, got {log_format!r}")
+
+    return Settings(
+        host=host,
+        port=port,
+        public_url=public_url,
+        mongo_url=env.get("MONGO_URL", "").strip(),
+        mongo_db=env.get("MONGO_DB", "").strip() or "paypush",
+        mongo_timeout_ms=_int(env, "MONGO_TIMEOUT_MS", 3000, minimum=100),
+        var_dir=var_dir,
+        amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
+        stomp_url=_url(env, "STOMP_URL", "ws://127.0.0.1:15674/ws", ("ws", "wss")),
+        stomp_login=env.get("STOMP_LOGIN", "").strip() or "webguest",
+        stomp_passcode=stomp_passcode,
+        wxpay_appid=appid or SANDBOX_APPID,
+        wxpay_mch_id=mch_id or SANDBOX_MCH_ID,
+        wxpay_key=key or SANDBOX_KEY,
+        wxpay_sign_type=sign_type,
+        wxpay_api_base=api_base,
+        order_timeout_seconds=_int(env, "ORDER_TIMEOUT_SECONDS", 3600, minimum=1),
+        cookie_secret=cookie_secret,
+        sandbox=sandbox,
+        max_sockets_per_user=_int(env, "MAX_SOCKETS_PER_USER", 8, minimum=1),
+        sim_close_min_age_seconds=_float(env, "SIM_CLOSE_MIN_AGE_SECONDS", 300.0),
+        sim_notify_speed=_float(env, "SIM_NOTIFY_SPEED", 1.0) or 1.0,
+        log_format=log_format,
+    )

@@ -1,0 +1,78 @@
+"""Fixtures: a real embedded MongoDB (or MONGO_URL), a real server on an unused
+port with the simulator mounted, and shoppers speaking HTTP to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tornado.web
+
+import settings as settings_mod
+from server.app import make_app
+from server.embedded_mongo import EmbeddedMongo
+from server.services import Services, open_services
+from tests.shopper import Shopper
+
+
+@pytest.fixture(scope="session")
+def embedded_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo | None]:
+    """The embedded server for the whole session, or None when MONGO_URL is given."""
+    if _external_mongo_url():
+        yield None
+        return
+    server = EmbeddedMongo(tmp_path_factory.mktemp("mongo")).start()
+    yield server
+    server.stop()
+
+
+def _external_mongo_url() -> str:
+    """A real MongoDB given to the test run; the embedded server otherwise."""
+    return os.environ.get("MONGO_URL", "")
+
+
+@pytest.fixture(scope="session")
+def mongo_url(embedded_mongo: EmbeddedMongo | None) -> str:
+    return embedded_mongo.url if embedded_mongo else _external_mongo_url()
+
+
+@pytest.fixture
+def test_settings(http_port: int, tmp_path: Path) -> settings_mod.Settings:
+    return settings_mod.from_environ({
+        "PORT": str(http_port),
+        "VAR_DIR": str(tmp_path / "var"),
+        "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
+        "SIM_NOTIFY_SPEED": "1000",
+    })
+
+
+@pytest.fixture
+def extra_settings() -> dict[str, object]:
+    """Override in a test module to change settings (dataclass field names)."""
+    return {}
+
+
+@pytest.fixture
+def services(io_loop, test_settings, extra_settings, mongo_url) -> Iterator[Services]:  # type: ignore[no-untyped-def]
+    cfg = dataclasses.replace(test_settings, **extra_settings)
+    svc = io_loop.run_sync(lambda: open_services(cfg, mongo_url))
+    yield svc
+    io_loop.run_sync(lambda: svc.store.client.drop_database(cfg.mongo_db))
+    io_loop.run_sync(svc.close)
+
+
+@pytest.fixture
+def app(services: Services) -> tornado.web.Application:
+    return make_app(services)
+
+
+@pytest.fixture
+def shopper(http_server, base_url: str, io_loop) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
+    """The demo user, logged in."""
+    s = io_loop.run_sync(lambda: Shopper.logged_in(base_url, "demo", "demo-pass-123"))
+    yield s
+    io_loop.run_sync(s.close)

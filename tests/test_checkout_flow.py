@@ -1,0 +1,85 @@
+"""The whole Native checkout through the simulator, over real HTTP and MongoDB."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from server.services import Services
+from tests.shopper import Shopper
+
+
+async def wait_for_status(shopper: Shopper, order_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        order = await shopper.get_order(order_id)
+        if order["status"] == status or asyncio.get_running_loop().time() > deadline:
+            return order
+        await asyncio.sleep(0.05)
+
+
+async def stock(services: Services, sku_id: str) -> int:
+    doc = await services.store.skus.find_one({"_id": sku_id})
+    assert doc is not None
+    return int(doc["stock"])
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_order_scan_pay_notify_paid(shopper: Shopper, services: Services) -> None:
+    tea_before, mug_before = await stock(services, "tea-longjing"), await stock(services, "mug-celadon")
+    order = await shopper.order([("tea-longjing", 1), ("mug-celadon", 2)])
+    assert order["status"] == "unpaid"
+    assert order["pay_money"] == 8800 + 2 * 3900
+    assert len(order["id"]) <= 32
+    assert await stock(services, "tea-longjing") == tea_before - 1
+    assert await stock(services, "mug-celadon") == mug_before - 2
+
+    native = await shopper.create_native(order["id"])
+    assert native["code_url"].startswith("weixin://wxpay/bizpayurl?pr=")
+    assert native["out_trade_no"] == order["id"]
+    assert native["total_fee"] == order["pay_money"]
+    assert native["qr_svg"].startswith("<svg")
+    assert native["push"]["stomp"]["destination"].startswith("/exchange/paynotify/order.")
+    assert order["id"] not in native["push"]["stomp"]["destination"]
+    again = await shopper.create_native(order["id"])
+    assert again["code_url"] == native["code_url"]
+
+    status, trade = await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"]})
+    assert status == 200, trade
+    paid = await wait_for_status(shopper, order["id"], "paid")
+    assert paid["status"] == "paid"
+    assert paid["transaction_id"] == trade["transaction_id"]
+    assert paid["pay_time"]
+    assert [e["kind"] for e in paid["logs"]].count("paid") == 1
+    # The sale keeps the stock taken, and the holds are settled.
+    assert await stock(services, "tea-longjing") == tea_before - 1
+    assert await stock(services, "mug-celadon") == mug_before - 2
+    sku = await services.store.skus.find_one({"_id": "mug-celadon"})
+    assert order["id"] not in sku["holds"]
+    # WeChat read SUCCESS on its first try.
+    _, seen = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
+    assert seen["notify_replies"] == ["SUCCESS"]
+
+    status, body = await shopper.request("GET", f"/wxpay/createNative?orderId={order['id']}")
+    assert status == 409 and "paid" in body["error"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_pages_walk_from_shop_to_success(shopper: Shopper) -> None:
+    status, page = await shopper.request("GET", "/")
+    assert status == 200 and "Celadon mug" in page
+    order = await shopper.order([("fan-silk", 1)])
+    status, page = await shopper.request("GET", f"/weixinpay.html?orderId={order['id']}")
+    assert status == 200 and order["id"] in page and "¥25.00" in page
+    native = await shopper.create_native(order["id"])
+    status, phone = await shopper.request("GET", "/sandbox/wxpay/phone", params={"code_url": native["code_url"]})
+    assert status == 200 and "¥25.00" in phone
+    status, phone = await shopper.request("POST", "/sandbox/wxpay/phone", data={"code_url": native["code_url"]})
+    assert status == 200 and 'id="paid"' in phone
+    assert (await wait_for_status(shopper, order["id"], "paid"))["status"] == "paid"
+    status, page = await shopper.request("GET", "/paysuccess.html?money=25.00")
+    assert status == 200 and "¥25.00" in page
+    status, page = await shopper.request("GET", "/paysuccess.html?money=<script>")
+    assert status == 200 and "<script>" not in page.split("<main>")[1]

@@ -1,0 +1,1 @@
+"""Coroutine consumers run inside the server process."""
