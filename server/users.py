@@ -11,7 +11,7 @@ from pymongo.errors import DuplicateKeyError
 from server.passwords import hash_password, verify_password
 from server.store import Store
 
-USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MAX_PASSWORD = 1024
 # Verified against when the user does not exist, so a wrong name costs as much
 # time as a wrong password and names cannot be probed by timing.
@@ -23,7 +23,7 @@ class InvalidUser(ValueError):
 
 
 def check_credentials_shape(username: str, password: str) -> None:
-    if not USERNAME.match(username):
+    if not USERNAME.fullmatch(username):
         raise InvalidUser("username: 1-64 letters, digits or . _ @ -")
     if not 8 <= len(password) <= MAX_PASSWORD:
         raise InvalidUser(f"password: 8 to {MAX_PASSWORD} characters")
@@ -47,7 +47,7 @@ async def create_user(store: Store, username: str, password: str, *, replace: bo
 
 
 async def authenticate(store: Store, username: str, password: str) -> bool:
-    if not USERNAME.match(username) or len(password) > MAX_PASSWORD:
+    if not USERNAME.fullmatch(username) or len(password) > MAX_PASSWORD:
         return False
     user = await store.users.find_one({"_id": username})
     stored = user["password"] if user else _DUMMY_HASH

@@ -40,7 +40,10 @@ class Shopper:
     async def request(self, method: str, path: str, body: Any = None,
                       **kwargs: Any) -> tuple[int, Any]:
         headers = {"X-XSRFToken": self.xsrf} if method != "GET" else {}
-        async with self.http.request(method, self.base_url + path, json=body, headers=headers,
+        headers.update(kwargs.pop("headers", {}))
+        if body is not None:
+            kwargs["json"] = body
+        async with self.http.request(method, self.base_url + path, headers=headers,
                                      allow_redirects=False, **kwargs) as resp:
             text = await resp.text()
             try:

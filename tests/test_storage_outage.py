@@ -1,0 +1,77 @@
+"""MongoDB goes away under a notify: WeChat hears FAIL, and its retry records the payment."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.embedded_mongo import EmbeddedMongo
+from tests.notify_client import post_notify, signed_notify
+from tests.shopper import Shopper
+
+
+@pytest.fixture
+def private_mongo(tmp_path: Path) -> Iterator[EmbeddedMongo]:
+    """A server of this test's own, so stopping it disturbs no other test."""
+    server = EmbeddedMongo(tmp_path / "mongo").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_url(private_mongo: EmbeddedMongo) -> str:
+    return private_mongo.url
+
+
+@pytest.fixture
+def extra_settings() -> dict[str, object]:
+    return {"mongo_timeout_ms": 500}
+
+
+async def in_thread(fn) -> None:  # type: ignore[no-untyped-def]
+    await asyncio.get_running_loop().run_in_executor(None, fn)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_notify_fails_while_storage_is_down_and_the_retry_records_it(
+        shopper: Shopper, base_url: str, private_mongo: EmbeddedMongo) -> None:
+    order = await shopper.order([("mug-celadon", 1)])
+    await in_thread(private_mongo.stop)
+    status, reply = await post_notify(base_url, signed_notify(order))
+    assert status == 503
+    assert reply["return_code"] == "FAIL"
+    assert "storage" in reply["return_msg"]
+    status, _ = await shopper.request("GET", "/readyz")
+    assert status == 503
+
+    await in_thread(private_mongo.start)
+    status, reply = await post_notify(base_url, signed_notify(order))
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    paid = await shopper.get_order(order["id"])
+    assert paid["status"] == "paid"
+    assert [e["kind"] for e in paid["logs"]] == ["created", "paid"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_simulator_retries_on_wechats_schedule_until_storage_is_back(
+        shopper: Shopper, base_url: str, private_mongo: EmbeddedMongo) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    native = await shopper.create_native(order["id"])
+    await in_thread(private_mongo.stop)
+    status, _ = await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"]})
+    assert status == 200
+    await asyncio.sleep(1.0)  # several scheduled attempts fail meanwhile (speed x1000)
+    await in_thread(private_mongo.start)
+    for _ in range(100):
+        _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
+        if "SUCCESS" in trade["notify_replies"]:
+            break
+        await asyncio.sleep(0.2)
+    replies = trade["notify_replies"]
+    assert replies[-1] == "SUCCESS" and "FAIL" in replies[:-1]
+    paid = await shopper.get_order(order["id"])
+    assert paid["status"] == "paid"
+    assert paid["transaction_id"] == trade["transaction_id"]
