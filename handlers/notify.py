@@ -11,6 +11,7 @@ import logging
 
 import tornado.web
 from pymongo.errors import PyMongoError
+from tornado.http1connection import HTTP1Connection
 
 from handlers.base import BaseHandler
 from server.payments import NotifyRejected
@@ -36,9 +37,10 @@ class NotifyHandler(BaseHandler):
         if declared and declared.isdigit() and int(declared) > MAX_NOTIFY_BODY:
             self._reply_fail("body too large", 413)
             return
-        if self.request.connection is not None:
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
             # Keep reading only what we might accept (a chunked body is counted below).
-            self.request.connection.set_max_body_size(MAX_NOTIFY_BODY + 1)
+            connection.set_max_body_size(MAX_NOTIFY_BODY + 1)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import tornado.web
 
@@ -13,7 +14,7 @@ from server.simulator import app as simulator_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_app(services: Services, **overrides: object) -> tornado.web.Application:
+def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     deps = {"services": services}
     routes: list[tornado.web.URLSpec] = [
         tornado.web.url(r"/", pages.ShopPage, deps, name="shop"),
@@ -33,7 +34,7 @@ def make_app(services: Services, **overrides: object) -> tornado.web.Application
     if services.simulator is not None:
         routes += simulator_app.routes("/sandbox/wxpay", services.simulator)
     settings = services.settings
-    app_settings: dict[str, object] = {
+    app_settings: dict[str, Any] = {
         "cookie_secret": settings.cookie_secret,
         "xsrf_cookies": True,
         "xsrf_cookie_kwargs": {"httponly": True, "samesite": "Strict"},

@@ -15,11 +15,12 @@ log = logging.getLogger(__name__)
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-pass-123"
-DEMO_SKUS = (
-    {"_id": "tea-longjing", "name": "West Lake Longjing tea, 100 g", "price": 8800, "stock": 50},
-    {"_id": "mug-celadon", "name": "Celadon mug", "price": 3900, "stock": 30},
-    {"_id": "fan-silk", "name": "Silk folding fan", "price": 2500, "stock": 20},
-    {"_id": "card-sticker", "name": "Sticker card (limited)", "price": 1, "stock": 5},
+# (id, name, price in fen, stock)
+DEMO_SKUS: tuple[tuple[str, str, int, int], ...] = (
+    ("tea-longjing", "West Lake Longjing tea, 100 g", 8800, 50),
+    ("mug-celadon", "Celadon mug", 3900, 30),
+    ("fan-silk", "Silk folding fan", 2500, 20),
+    ("card-sticker", "Sticker card (limited)", 1, 5),
 )
 
 
@@ -44,8 +45,8 @@ async def add_sku(store: Store, sku_id: str, name: str, price: int, stock: int) 
 
 
 async def seed_demo(store: Store) -> None:
-    for sku in DEMO_SKUS:
-        await add_sku(store, sku["_id"], sku["name"], sku["price"], sku["stock"])
+    for sku_id, name, price, stock in DEMO_SKUS:
+        await add_sku(store, sku_id, name, price, stock)
     # Already there: keep whatever password it has now.
     with contextlib.suppress(InvalidUser):
         await create_user(store, DEMO_USER, DEMO_PASSWORD)

@@ -45,8 +45,13 @@ async def wait_for_shutdown_signal() -> str:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (received.append(s.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)

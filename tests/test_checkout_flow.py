@@ -11,8 +11,8 @@ from server.services import Services
 from tests.shopper import Shopper
 
 
-async def wait_for_status(shopper: Shopper, order_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for_status(shopper: Shopper, order_id: str, status: str, within: float = 10) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         order = await shopper.get_order(order_id)
         if order["status"] == status or asyncio.get_running_loop().time() > deadline:

@@ -13,7 +13,7 @@ async def test_wrong_password_reshows_the_form(http_server, base_url: str) -> No
     try:
         resp = await s.login("demo", "wrong-password")
         assert resp.status == 401
-        status, page = await s.request("GET", "/")
+        status, _ = await s.request("GET", "/")
         assert status == 302  # still not logged in
         async with s.http.post(base_url + "/login", data={"username": "demo", "password": "nope",
                                                           "_xsrf": s.xsrf}) as resp:

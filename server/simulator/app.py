@@ -161,7 +161,8 @@ class PhoneJsonHandler(_SimHandler):
                               delay=max(0.0, float(knobs.get("delay", 0))))
         except (ValueError, KeyError, TypeError, AttributeError):
             self.set_status(400)
-            return self.finish({"error": "expected {\"code_url\": ..., \"notify\": {...}}"})
+            self.finish({"error": "expected {\"code_url\": ..., \"notify\": {...}}"})
+            return
         try:
             if self.action == "scan":
                 trade = self.sim.trades.scan(code_url)
@@ -170,7 +171,8 @@ class PhoneJsonHandler(_SimHandler):
                 self.sim.notifier.schedule(trade, plan)
         except TradeError as exc:
             self.set_status(409)
-            return self.finish({"error": exc.err_code, "message": exc.err_code_des})
+            self.finish({"error": exc.err_code, "message": exc.err_code_des})
+            return
         self.finish(_trade_json(trade))
 
 
@@ -182,7 +184,8 @@ class TradeJsonHandler(_SimHandler):
             trade = self.sim.trades.get(out_trade_no)
         except TradeError as exc:
             self.set_status(404)
-            return self.finish({"error": exc.err_code})
+            self.finish({"error": exc.err_code})
+            return
         answer = _trade_json(trade)
         answer["notify_replies"] = self.sim.notifier.deliveries.get(out_trade_no, [])
         self.finish(answer)
@@ -199,7 +202,8 @@ class PhonePageHandler(_SimHandler):
         try:
             self.sim.notifier.schedule(self.sim.trades.pay(code_url), NotifyPlan())
         except TradeError as exc:
-            return self._show(code_url, done=False, error=exc.err_code_des)
+            self._show(code_url, done=False, error=exc.err_code_des)
+            return
         self._show(code_url, done=True, error="")
 
     def _show(self, code_url: str, *, done: bool, error: str) -> None:

@@ -1,0 +1,60 @@
+"""settings.py: defaults, sandbox mode, and loud, specific configuration errors."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+import settings as settings_mod
+from settings import ConfigError, from_environ
+
+REAL = {"WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109",
+        "WXPAY_KEY": "k" * 32, "COOKIE_SECRET": "c" * 40, "PUBLIC_URL": "https://shop.example.com"}
+
+
+def test_defaults_are_sandbox_with_generated_private_secrets(tmp_path: Path) -> None:
+    cfg = from_environ({"VAR_DIR": str(tmp_path)})
+    assert cfg.sandbox
+    assert (cfg.host, cfg.port, cfg.public_url) == ("127.0.0.1", 8888, "http://127.0.0.1:8888")
+    assert cfg.wxpay_api_base == "http://127.0.0.1:8888/sandbox/wxpay"
+    assert cfg.notify_url == "http://127.0.0.1:8888/wxpay/notify"
+    assert cfg.wxpay_key == settings_mod.SANDBOX_KEY
+    assert cfg.order_timeout_seconds == 3600 and cfg.max_sockets_per_user == 8
+    secret_file = tmp_path / "cookie_secret"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert cfg.cookie_secret == secret_file.read_text()
+    assert from_environ({"VAR_DIR": str(tmp_path)}).cookie_secret == cfg.cookie_secret
+
+
+def test_real_credentials_leave_sandbox_and_point_at_wechat() -> None:
+    cfg = from_environ(REAL)
+    assert not cfg.sandbox
+    assert cfg.wxpay_api_base == "https://api.mch.weixin.qq.com"
+    assert cfg.notify_url == "https://shop.example.com/wxpay/notify"
+
+
+def test_secrets_never_show_in_repr() -> None:
+    text = repr(from_environ({**REAL, "STOMP_PASSCODE": "p" * 12}))
+    for secret in ("k" * 32, "c" * 40, "p" * 12):
+        assert secret not in text
+
+
+@pytest.mark.parametrize("env, names", [
+    ({**REAL, "COOKIE_SECRET": ""}, "COOKIE_SECRET"),
+    ({**REAL, "WXPAY_APPID": ""}, "WXPAY_APPID"),
+    ({k: v for k, v in REAL.items() if k != "WXPAY_KEY"} | {"SANDBOX": "0"}, "WXPAY_KEY"),
+    ({**REAL, "WXPAY_KEY": "short"}, "WXPAY_KEY"),
+    ({"PORT": "eighty"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"PUBLIC_URL": "shop.example.com"}, "PUBLIC_URL"),
+    ({"AMQP_URL": "http://rabbit"}, "AMQP_URL"),
+    ({"WXPAY_SIGN_TYPE": "SHA1"}, "WXPAY_SIGN_TYPE"),
+    ({"ORDER_TIMEOUT_SECONDS": "0"}, "ORDER_TIMEOUT_SECONDS"),
+    ({"SANDBOX": "maybe"}, "SANDBOX"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+])
+def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=names):
+        from_environ({"VAR_DIR": str(tmp_path), **env})
