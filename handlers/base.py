@@ -18,6 +18,11 @@ USER_COOKIE = "user"
 COOKIE_DAYS = 7
 
 
+def user_from_cookie(handler: tornado.web.RequestHandler) -> str | None:
+    raw = handler.get_signed_cookie(USER_COOKIE, max_age_days=COOKIE_DAYS)
+    return raw.decode("utf-8") if raw else None
+
+
 class BaseHandler(tornado.web.RequestHandler):
     services: Services
 
@@ -25,8 +30,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.services = services
 
     def get_current_user(self) -> str | None:
-        raw = self.get_signed_cookie(USER_COOKIE, max_age_days=COOKIE_DAYS)
-        return raw.decode("utf-8") if raw else None
+        return user_from_cookie(self)
 
     @property
     def user(self) -> str:

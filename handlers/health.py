@@ -16,7 +16,7 @@ class HealthzHandler(BaseHandler):
 
 class ReadyzHandler(BaseHandler):
     async def get(self) -> None:
-        checks = {"mongodb": "ok"}
+        checks = {"mongodb": "ok", "rabbitmq": "ok" if self.services.bus.is_open else "down"}
         try:
             await asyncio.wait_for(self.services.store.ping(), timeout=2)
         except (TimeoutError, PyMongoError) as exc:

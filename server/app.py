@@ -7,7 +7,7 @@ from typing import Any
 
 import tornado.web
 
-from handlers import api, health, notify, pages
+from handlers import api, health, notify, pages, ws
 from server.services import Services
 from server.simulator import app as simulator_app
 
@@ -28,6 +28,9 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, deps),
         tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler, deps),
         tornado.web.url(r"/wxpay/notify", notify.NotifyHandler, deps),
+        tornado.web.url(r"/ws/pay", ws.PaySocket, deps),
+        tornado.web.url(r"/vendor/stompjs/(stomp\.umd\.min\.js)", tornado.web.StaticFileHandler,
+                        {"path": str(ROOT / "node_modules/@stomp/stompjs/bundles")}),
         tornado.web.url(r"/healthz", health.HealthzHandler, deps),
         tornado.web.url(r"/readyz", health.ReadyzHandler, deps),
     ]
@@ -42,6 +45,10 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "template_path": str(ROOT / "templates"),
         "static_path": str(ROOT / "static"),
         "compress_response": True,
+        # Server pings reap dead peers; pages send nothing big.
+        "websocket_ping_interval": 20,
+        "websocket_ping_timeout": 60,
+        "websocket_max_message_size": 4096,
     }
     app_settings.update(overrides)
     return tornado.web.Application(routes, **app_settings)

@@ -60,6 +60,7 @@ async def wait_for_shutdown_signal() -> str:
 
 async def serve(settings: settings_mod.Settings, mongo_url: str) -> None:
     services = await open_services(settings, mongo_url)
+    await services.start_workers()
     app = make_app(services)
     server = app.listen(settings.port, settings.host, xheaders=True)
     log.info("paypush listening on http://%s:%d (public URL %s)", settings.host, settings.port,
@@ -71,7 +72,8 @@ async def serve(settings: settings_mod.Settings, mongo_url: str) -> None:
     log.info("WeChat Pay API base: %s, notify_url: %s", settings.wxpay_api_base, settings.notify_url)
     name = await wait_for_shutdown_signal()
     log.info("%s received: shutting down", name)
-    server.stop()
+    server.stop()  # no new connections
+    services.hub.close_all()  # 1001: pages reconnect to another process
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_SECONDS)
     await services.close()

@@ -21,8 +21,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class OneLineLibraryErrors(logging.Filter):
+    """aio-pika and aiormq log a traceback for every dropped connection, an
+    expected event that robust reconnection handles: keep the line, drop the trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("aiormq", "aio_pika")) and record.exc_info:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(OneLineLibraryErrors())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -23,6 +23,7 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from server.events import OrderEvents, outbox_fields
 from server.store import Store
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,10 @@ def _iso(ts: float) -> str:
 
 
 class Orders:
-    def __init__(self, store: Store, timeout_seconds: int):
+    def __init__(self, store: Store, timeout_seconds: int, events: OrderEvents):
         self.store = store
         self.timeout_seconds = timeout_seconds
+        self.events = events
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
         skus = {d["_id"]: d for d in await self.store.skus.find(
@@ -215,10 +217,12 @@ class Orders:
         order = await self.store.orders.find_one_and_update(
             {"_id": order_id, "status": UNPAID},
             {"$set": {"status": PAID, "transaction_id": transaction_id, "pay_time": pay_time,
-                      "paid_at": time.time()}},
+                      "paid_at": time.time(), **outbox_fields(PAID)}},
             return_document=ReturnDocument.AFTER)
         won = order is not None
-        if not won:
+        if won:
+            self.events.flush_soon(order)
+        else:
             order = await self.get(order_id)
         if order is not None and order["status"] == PAID and order.get("transaction_id") == transaction_id:
             await self.after_paid(order, remarks)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
-from server import catalog
-from server import store as store_mod
+from server import catalog, store as store_mod
+from server.bus import Bus
+from server.events import OrderEvents
 from server.orders import Orders
 from server.payments import Payments, PushRoutes
+from server.push_hub import PushHub
 from server.push_tokens import PushTokens
 from server.simulator.app import Simulator
 from server.store import Store
 from server.wxpay.client import Merchant, WxPayClient
 from settings import Settings
+from workers import outbox, paynotify_bridge
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +29,32 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     store: Store
+    bus: Bus
     http: aiohttp.ClientSession
+    events: OrderEvents
     orders: Orders
     payments: Payments
     push_tokens: PushTokens
+    hub: PushHub
     simulator: Simulator | None
+    _workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start_workers(self) -> None:
+        await paynotify_bridge.start(self.bus, self.hub, self.orders)
+        loop = asyncio.get_running_loop()
+        self._workers.append(loop.create_task(outbox.run(self.events), name="outbox"))
 
     async def close(self) -> None:
+        """Stop workers, then close connections (sockets are closed by the caller)."""
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.events.close()
         if self.simulator is not None:
             await self.simulator.close()
+        await self.bus.close()
         await self.http.close()
         await self.store.close()
 
@@ -42,15 +64,17 @@ def ws_base(public_url: str) -> str:
 
 
 async def open_services(settings: Settings, mongo_url: str) -> Services:
-    """Connect to MongoDB (creating indexes) and build the service layer."""
+    """Connect to MongoDB (creating indexes) and RabbitMQ, and build the service layer."""
     store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     await store_mod.create_indexes(store)
+    bus = await Bus.connect(settings.amqp_url)
     http = aiohttp.ClientSession()
     merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
                         settings.wxpay_sign_type)
     wx = WxPayClient(http, settings.wxpay_api_base, merchant)
     tokens = PushTokens(settings.cookie_secret)
-    orders = Orders(store, settings.order_timeout_seconds)
+    events = OrderEvents(store, bus, tokens)
+    orders = Orders(store, settings.order_timeout_seconds, events)
     push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.stomp_login,
                       settings.stomp_passcode, tokens)
     payments = Payments(orders, wx, settings.notify_url, push)
@@ -61,4 +85,5 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
                                      close_min_age_seconds=settings.sim_close_min_age_seconds,
                                      notify_speed=settings.sim_notify_speed)
         await catalog.seed_demo(store)
-    return Services(settings, store, http, orders, payments, tokens, simulator)
+    return Services(settings, store, bus, http, events, orders, payments, tokens,
+                    PushHub(settings.max_sockets_per_user), simulator)

@@ -56,4 +56,5 @@ async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("user", ASCENDING), ("created_at", ASCENDING)])
     await store.orders.create_index([("status", ASCENDING), ("created_at", ASCENDING)])
     # One entry per (order, kind): what makes every side effect's log idempotent.
+    await store.orders.create_index([("pending_event", ASCENDING)], sparse=True)
     await store.order_logs.create_index([("order_id", ASCENDING), ("kind", ASCENDING)], unique=True)

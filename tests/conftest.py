@@ -59,8 +59,14 @@ def extra_settings() -> dict[str, object]:
 @pytest.fixture
 def services(io_loop, test_settings, extra_settings, mongo_url) -> Iterator[Services]:  # type: ignore[no-untyped-def]
     cfg = dataclasses.replace(test_settings, **extra_settings)
-    svc = io_loop.run_sync(lambda: open_services(cfg, mongo_url))
+    async def start() -> Services:
+        svc = await open_services(cfg, mongo_url)
+        await svc.start_workers()
+        return svc
+
+    svc = io_loop.run_sync(start)
     yield svc
+    svc.hub.close_all()
     io_loop.run_sync(lambda: svc.store.client.drop_database(cfg.mongo_db))
     io_loop.run_sync(svc.close)
 

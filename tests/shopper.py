@@ -68,5 +68,8 @@ class Shopper:
         assert status == 200, (status, data)
         return data
 
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.key}={c.value}" for c in self.http.cookie_jar)
+
     async def close(self) -> None:
         await self.http.close()

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from server.embedded_mongo import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, ServerProcess, base_env, wait_http
 
 
 def paypush(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -25,20 +20,7 @@ def paypush(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WXPAY_", "MONGO_", "SANDBOX"))}
-    return {**clean, "VAR_DIR": str(tmp_path / "var"), "PORT": str(free_port())}
-
-
-def wait_http(url: str, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return resp.status
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return base_env(tmp_path / "var", PORT=str(free_port()))
 
 
 def test_configuration_error_exits_2_with_a_message(env: dict[str, str]) -> None:
@@ -59,11 +41,9 @@ def test_create_user_then_serve_then_create_user_while_serving(env: dict[str, st
     weak = paypush("create-user", "bob", "--password", "short", env=env)
     assert weak.returncode == 1 and "password" in weak.stderr
 
-    server = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = ServerProcess(env, port=int(env["PORT"])).start()
     try:
-        base = f"http://127.0.0.1:{env['PORT']}"
-        assert wait_http(base + "/healthz") == 200
+        base = server.base_url
         state = json.loads((Path(env["VAR_DIR"]) / "mongo" / "server.json").read_text())
         made = paypush("create-user", "carol", "--password", "carol-pass-1", env=env)
         assert made.returncode == 0, made.stderr
@@ -71,9 +51,9 @@ def test_create_user_then_serve_then_create_user_while_serving(env: dict[str, st
         assert json.loads((Path(env["VAR_DIR"]) / "mongo" / "server.json").read_text()) == state
         assert wait_http(base + "/readyz") == 200
     finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=15)
-    assert server.returncode == 0, output
+        returncode = server.stop()
+    output = server.output
+    assert returncode == 0, output
     assert "SANDBOX MODE" in output and "demo login is demo" in output
     assert "SIGTERM received" in output and "paypush stopped" in output
     assert "Traceback" not in output

@@ -1,0 +1,96 @@
+"""``/ws/pay?orderId=``: the pay page's socket.
+
+Login cookie and ownership are checked after the upgrade, so a refusal is a
+close code the page can act on: 4401 log in, 4404 not your order, 4429 too many
+sockets. The socket subscribes before it reads the order, then sends the state,
+then each change: no event can fall between the two.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.websocket
+from pymongo.errors import PyMongoError
+
+from handlers.base import user_from_cookie
+from server.events import event_for
+from server.orders import OrderError
+from server.push_hub import Subscriber
+from server.services import Services
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNEXPECTED = 4400
+CLOSE_LOGIN = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY = 4429
+CLOSE_UNAVAILABLE = 1011
+
+
+class PaySocket(tornado.websocket.WebSocketHandler):
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self.sub: Subscriber | None = None
+
+    def get_current_user(self) -> str | None:
+        return user_from_cookie(self)
+
+    def check_origin(self, origin: str) -> bool:
+        # Same host as the request (Tornado's rule), or the configured public host
+        # when a proxy rewrites Host.
+        netloc = urlsplit(origin).netloc.lower()
+        public = urlsplit(self.services.settings.public_url).netloc.lower()
+        return netloc in (self.request.host.lower(), public)
+
+    async def open(self) -> None:  # type: ignore[override]
+        user = self.current_user
+        if not user:
+            self.close(CLOSE_LOGIN, "log in first")
+            return
+        hub = self.services.hub
+        if not hub.can_open(user):
+            self.close(CLOSE_TOO_MANY, "too many pay pages open")
+            return
+        order_id = self.get_query_argument("orderId", "")[:64]
+        self.sub = Subscriber(user, order_id, self.services.push_tokens.token(order_id),
+                              self._send, self._close_from_hub)
+        hub.subscribe(self.sub)
+        try:
+            order = await self.services.orders.get_owned(user, order_id)
+            await self.sub.start(event_for(order, "status"))
+        except OrderError:
+            self._drop(CLOSE_NOT_FOUND, "no such order")
+        except PyMongoError:
+            self._drop(CLOSE_UNAVAILABLE, "storage unavailable")
+        except tornado.websocket.WebSocketClosedError:
+            self._drop(1000, "")
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await self.write_message(json.dumps(event))
+
+    def _close_from_hub(self, code: int, reason: str) -> None:
+        self.close(code, reason)
+
+    def _drop(self, code: int, reason: str) -> None:
+        if self.sub is not None:
+            self.services.hub.unsubscribe(self.sub)
+        self.close(code, reason)
+
+    def on_message(self, message: str | bytes) -> None:
+        # The page only ever sends {"type": "ping"}; anything else is a broken client.
+        try:
+            ok = isinstance(message, str) and json.loads(message) == {"type": "ping"}
+        except ValueError:
+            ok = False
+        if ok:
+            self.write_message('{"type": "pong"}')
+        else:
+            self._drop(CLOSE_UNEXPECTED, "unexpected message")
+
+    def on_close(self) -> None:
+        if self.sub is not None:
+            self.services.hub.unsubscribe(self.sub)

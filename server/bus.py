@@ -1,0 +1,104 @@
+"""RabbitMQ: one robust connection, the topology, and confirmed publishing.
+
+Knows exchanges, queues and bytes, not orders. Opened once at start-up and
+passed in; aio-pika's robust connection re-opens channels and re-declares
+queues, bindings and consumers after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustExchange,
+)
+
+log = logging.getLogger(__name__)
+
+PAYNOTIFY = "paynotify"
+PUBLISH_TIMEOUT = 5.0
+
+
+class BusUnavailable(Exception):
+    """A publish could not be confirmed by the broker."""
+
+
+class Bus:
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractRobustChannel,
+                 paynotify: AbstractRobustExchange):
+        self.connection = connection
+        self._channel = channel
+        self._paynotify = paynotify
+        self.reconnects = 0
+        self._on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        connection.reconnect_callbacks.add(self._reconnected)
+
+    @classmethod
+    async def connect(cls, url: str, timeout: float = 10.0) -> Bus:
+        try:
+            connection = await aio_pika.connect_robust(url, timeout=timeout, reconnect_interval=1)
+        except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            raise RuntimeError(
+                f"RabbitMQ is not reachable at AMQP_URL ({type(exc).__name__}: {exc}); "
+                "start it (rabbitmq-server -detached) or set AMQP_URL") from None
+        channel = await connection.channel(publisher_confirms=True)
+        paynotify = await channel.declare_exchange(PAYNOTIFY, aio_pika.ExchangeType.TOPIC, durable=True)
+        log.info("RabbitMQ connected; exchange %s declared", PAYNOTIFY)
+        return cls(connection, channel, paynotify)  # type: ignore[arg-type]
+
+    @property
+    def is_open(self) -> bool:
+        return not self.connection.is_closed and self.connection.connected.is_set()
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._on_reconnect.append(callback)
+
+    async def _reconnected(self, *_: Any) -> None:
+        self.reconnects += 1
+        log.info("RabbitMQ reconnected (%d reconnects so far)", self.reconnects)
+        for callback in self._on_reconnect:
+            try:
+                await callback()
+            except Exception:
+                log.exception("reconnect callback failed")
+
+    async def publish_json(self, routing_key: str, payload: dict[str, Any]) -> None:
+        """Publish a persistent message to ``paynotify`` and wait for the broker's confirm."""
+        message = aio_pika.Message(json.dumps(payload).encode("utf-8"),
+                                   content_type="application/json",
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        if not self.is_open:
+            raise BusUnavailable("RabbitMQ connection is down")
+        try:
+            await asyncio.wait_for(self._paynotify.publish(message, routing_key=routing_key),
+                                   PUBLISH_TIMEOUT)
+        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError,
+                RuntimeError) as exc:
+            raise BusUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def consume_paynotify(self, handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+                                prefetch: int = 256) -> None:
+        """This process's exclusive queue bound to every ``paynotify`` key."""
+        channel = await self.connection.channel()
+        await channel.set_qos(prefetch_count=prefetch)
+        exchange = await channel.declare_exchange(PAYNOTIFY, aio_pika.ExchangeType.TOPIC, durable=True)
+        # Named by us: aio-pika re-declares it after a reconnect, and RabbitMQ
+        # refuses a client declaring a server-generated "amq.gen-" name.
+        name = f"paypush.bridge.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="#")
+        await queue.consume(handle)
+
+    async def close(self) -> None:
+        await self.connection.close()

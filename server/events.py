@@ -1,0 +1,107 @@
+"""Order events on ``paynotify``, with the order document as the outbox.
+
+A transition to paid or closed sets ``pending_event`` in the same conditional
+update, so the event is as durable as the transition. Whoever holds the claim
+publishes it (with confirms) and clears it; if RabbitMQ is down the claim runs
+out and the outbox drainer publishes it later. Delivery is at least once; the
+pay page and the WebSocket relay ignore a status they already have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from server.bus import Bus, BusUnavailable
+from server.push_tokens import PushTokens
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+CLAIM_SECONDS = 10.0
+PUBLISH_GRACE = 5.0
+
+
+def event_for(order: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """The message the browser gets: ``{"type", "order_id", "status", "total_fee"}``.
+
+    ``type`` is the transition (paid, closed) or, for a plain state report, status.
+    """
+    if kind is None:
+        kind = order["status"] if order["status"] in ("paid", "closed") else "status"
+    return {"type": kind, "order_id": order["_id"], "status": order["status"],
+            "total_fee": int(order["pay_money"])}
+
+
+def outbox_fields(event: str) -> dict[str, Any]:
+    """Fields to ``$set`` in the transition that makes ``event`` happen."""
+    return {"pending_event": event, "pending_claim_until": time.time() + CLAIM_SECONDS}
+
+
+class OrderEvents:
+    def __init__(self, store: Store, bus: Bus | None, tokens: PushTokens):
+        self.store = store
+        self.bus = bus
+        self.tokens = tokens
+        self.published = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def flush_soon(self, order: dict[str, Any]) -> None:
+        """Publish the order's pending event in the background (the caller holds the claim)."""
+        if self.bus is None or not order.get("pending_event"):
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(order))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, order: dict[str, Any]) -> bool:
+        assert self.bus is not None
+        kind = order["pending_event"]
+        try:
+            await self.bus.publish_json(self.tokens.routing_key(order["_id"]), event_for(order, kind))
+        except BusUnavailable as exc:
+            log.warning("event %s for %s not published yet (%s); the outbox keeps it",
+                        kind, order["_id"], exc)
+            # Let the drainer have it as soon as the broker is back.
+            with contextlib.suppress(PyMongoError):
+                await self.store.orders.update_one({"_id": order["_id"], "pending_event": kind},
+                                                   {"$set": {"pending_claim_until": 0}})
+            return False
+        self.published += 1
+        try:
+            await self.store.orders.update_one({"_id": order["_id"], "pending_event": kind},
+                                               {"$unset": {"pending_event": "", "pending_claim_until": ""}})
+        except PyMongoError as exc:
+            # Published but still pending: it will be published again (at least once).
+            log.warning("event %s for %s published, outbox not cleared: %s", kind, order["_id"], exc)
+        return True
+
+    async def drain(self, limit: int = 100) -> int:
+        """Claim and publish pending events whose claim ran out. Returns how many went out."""
+        if self.bus is None or not self.bus.is_open:
+            return 0
+        sent = 0
+        for _ in range(limit):
+            now = time.time()
+            order = await self.store.orders.find_one_and_update(
+                {"pending_event": {"$exists": True}, "pending_claim_until": {"$lt": now}},
+                {"$set": {"pending_claim_until": now + CLAIM_SECONDS}})
+            if order is None:
+                break
+            if not await self._publish(order):
+                break
+            sent += 1
+        return sent
+
+    async def backlog(self) -> int:
+        return await self.store.orders.count_documents({"pending_event": {"$exists": True}})
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=PUBLISH_GRACE)
+

@@ -1,0 +1,60 @@
+"""paypush server processes for tests that need more than one, or a real signal."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from server.embedded_mongo import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    """This test run's environment minus anything that would leave sandbox mode."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WXPAY_", "MONGO_", "SANDBOX"))}
+    return {**clean, "VAR_DIR": str(var_dir), **extra}
+
+
+def wait_http(url: str, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return int(resp.status)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str], port: int | None = None):
+        self.port = port or free_port()
+        self.env = {**env, "PORT": str(self.port)}
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.output = ""
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_http(self.base_url + "/healthz")
+        except OSError:
+            self.stop()
+            raise RuntimeError(f"paypush did not start:\n{self.output}") from None
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.output += out or ""
+        return int(self.proc.returncode)

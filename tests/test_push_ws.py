@@ -1,0 +1,120 @@
+"""The native WebSocket route: owner only, state first, then each change, once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import tornado.httpclient
+
+from server.services import Services
+from server.users import create_user
+from tests.notify_client import post_notify, signed_notify
+from tests.shopper import Shopper
+from tests.sockets import PageSocket
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_owner_gets_status_then_paid_and_a_repeat_sends_nothing(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("mug-celadon", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    first = await sock.next()
+    assert first == {"type": "status", "order_id": order["id"], "status": "unpaid", "total_fee": 3900}
+    status, reply = await post_notify(base_url, signed_notify(order))
+    assert reply["return_code"] == "SUCCESS"
+    assert await sock.next() == {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": 3900}
+    _status, reply = await post_notify(base_url, signed_notify(order))
+    assert reply["return_code"] == "SUCCESS"
+    assert await sock.nothing_for(0.5)
+    sock.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_socket_opened_after_payment_gets_paid_at_once(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("fan-silk", 2)])
+    await post_notify(base_url, signed_notify(order))
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert await sock.next() == {"type": "status", "order_id": order["id"], "status": "paid", "total_fee": 5000}
+    assert await sock.nothing_for(0.3)
+    sock.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_only_the_owner_may_listen(shopper: Shopper, base_url: str, services: Services) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    await create_user(services.store, "mallory", "mallory-pass-1")
+    mallory = await Shopper.logged_in(base_url, "mallory", "mallory-pass-1")
+    try:
+        for who, code in ((mallory, 4404), (None, 4401)):
+            sock = await PageSocket.open(base_url, order["id"], who)
+            assert await sock.next() is None
+            assert sock.close_code == code
+        sock = await PageSocket.open(base_url, "no-such-order", shopper)
+        assert await sock.next() is None and sock.close_code == 4404
+    finally:
+        await mallory.close()
+    assert len(services.hub) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_foreign_origin_is_refused(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    with pytest.raises(tornado.httpclient.HTTPClientError) as err:
+        await PageSocket.open(base_url, order["id"], shopper, origin="https://evil.example")
+    assert err.value.code == 403
+
+
+@pytest.mark.parametrize("frame, code", [
+    ("hello", 4400), ('{"type": "paid"}', 4400), (b"\x00\x01binary", 4400), ("x" * 10000, 1009),
+])
+@pytest.mark.gen_test(timeout=30)
+async def test_malformed_frames_get_a_clean_close(frame: str | bytes, code: int, shopper: Shopper,
+                                                  base_url: str, services: Services) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await sock.next())["type"] == "status"
+    await sock.conn.write_message(frame, binary=isinstance(frame, bytes))
+    assert await sock.next() is None
+    assert sock.close_code == code
+    await asyncio.sleep(0.05)
+    assert len(services.hub) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_ping_gets_pong(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    await sock.next()
+    await sock.conn.write_message('{"type": "ping"}')
+    assert await sock.next() == {"type": "pong"}
+    sock.close()
+
+
+@pytest.fixture
+def extra_settings() -> dict[str, object]:
+    return {"max_sockets_per_user": 2}
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    socks = [await PageSocket.open(base_url, order["id"], shopper) for _ in range(2)]
+    for s in socks:
+        assert (await s.next())["type"] == "status"
+    third = await PageSocket.open(base_url, order["id"], shopper)
+    assert await third.next() is None and third.close_code == 4429
+    socks[0].close()
+    await asyncio.sleep(0.1)
+    fourth = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await fourth.next())["type"] == "status"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_every_socket_on_the_order_hears_the_payment(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    socks = [await PageSocket.open(base_url, order["id"], shopper) for _ in range(2)]
+    for s in socks:
+        await s.next()
+    await post_notify(base_url, signed_notify(order))
+    for s in socks:
+        assert (await s.next())["type"] == "paid"

@@ -1,0 +1,23 @@
+"""Publishes order events whose first publish did not go through (RabbitMQ was down)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pymongo.errors import PyMongoError
+
+from server.events import OrderEvents
+
+log = logging.getLogger(__name__)
+
+
+async def run(events: OrderEvents, interval: float = 1.0) -> None:
+    while True:
+        try:
+            sent = await events.drain()
+            if sent:
+                log.info("outbox: published %d delayed event(s)", sent)
+        except PyMongoError as exc:
+            log.warning("outbox: storage unavailable: %s", type(exc).__name__)
+        await asyncio.sleep(interval)
