@@ -45,10 +45,10 @@ class Bus:
         connection.reconnect_callbacks.add(self._reconnected)
 
     @classmethod
-    async def connect(cls, url: str, timeout: float = 10.0) -> Bus:
+    async def connect(cls, url: str) -> Bus:
         try:
-            connection = await aio_pika.connect_robust(url, timeout=timeout, reconnect_interval=1)
-        except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            connection = await aio_pika.connect_robust(url, timeout=10, reconnect_interval=1)
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             raise RuntimeError(
                 f"RabbitMQ is not reachable at AMQP_URL ({type(exc).__name__}: {exc}); "
                 "start it (rabbitmq-server -detached) or set AMQP_URL") from None
@@ -83,8 +83,7 @@ class Bus:
         try:
             await asyncio.wait_for(self._paynotify.publish(message, routing_key=routing_key),
                                    PUBLISH_TIMEOUT)
-        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError,
-                RuntimeError) as exc:
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BusUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def consume_paynotify(self, handle: Callable[[AbstractIncomingMessage], Awaitable[None]],

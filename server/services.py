@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from server import catalog, store as store_mod
+from server import catalog
+from server import store as store_mod
 from server.bus import Bus
 from server.events import OrderEvents
 from server.orders import Orders

@@ -20,7 +20,7 @@ async def test_owner_gets_status_then_paid_and_a_repeat_sends_nothing(shopper: S
     sock = await PageSocket.open(base_url, order["id"], shopper)
     first = await sock.next()
     assert first == {"type": "status", "order_id": order["id"], "status": "unpaid", "total_fee": 3900}
-    status, reply = await post_notify(base_url, signed_notify(order))
+    _, reply = await post_notify(base_url, signed_notify(order))
     assert reply["return_code"] == "SUCCESS"
     assert await sock.next() == {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": 3900}
     _status, reply = await post_notify(base_url, signed_notify(order))
