@@ -54,6 +54,7 @@ class Settings:
     sim_close_min_age_seconds: float = 300.0
     sim_notify_speed: float = 1.0
     log_format: str = "text"
+    push_route: str = "ws"
 
     @property
     def notify_url(self) -> str:
@@ -169,6 +170,10 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if log_format not in ("text", "json"):
         raise ConfigError(f"LOG_FORMAT must be text or json, got {log_format!r}")
 
+    push_route = env.get("PUSH_ROUTE", "").strip().lower() or "ws"
+    if push_route not in ("ws", "stomp"):
+        raise ConfigError(f"PUSH_ROUTE must be ws or stomp, got {push_route!r}")
+
     return Settings(
         host=host,
         port=port,
@@ -193,4 +198,5 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sim_close_min_age_seconds=_float(env, "SIM_CLOSE_MIN_AGE_SECONDS", 300.0),
         sim_notify_speed=_float(env, "SIM_NOTIFY_SPEED", 1.0) or 1.0,
         log_format=log_format,
+        push_route=push_route,
     )

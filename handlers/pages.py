@@ -76,7 +76,7 @@ class PayPage(PageHandler):
             self.set_status(404)
             self.render_page("payfail.html", reason="No such order.")
             return
-        self.render_page("weixinpay.html", order=order)
+        self.render_page("weixinpay.html", order=order, push_route=self.services.settings.push_route)
 
 
 class SuccessPage(PageHandler):

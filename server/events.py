@@ -49,7 +49,7 @@ class OrderEvents:
         self.bus = bus
         self.tokens = tokens
         self.published = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     def flush_soon(self, order: dict[str, Any]) -> None:
         """Publish the order's pending event in the background (the caller holds the claim)."""

@@ -220,7 +220,7 @@ class Orders:
                       "paid_at": time.time(), **outbox_fields(PAID)}},
             return_document=ReturnDocument.AFTER)
         won = order is not None
-        if won:
+        if order is not None:
             self.events.flush_soon(order)
         else:
             order = await self.get(order_id)

@@ -19,6 +19,11 @@ from server.services import Services, open_services
 from tests.shopper import Shopper
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: they are the slowest and need everything else working."""
+    items.sort(key=lambda item: "/e2e/" in str(item.fspath))
+
+
 @pytest.fixture(scope="session")
 def embedded_mongo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedMongo | None]:
     """The embedded server for the whole session, or None when MONGO_URL is given."""

@@ -1,0 +1,60 @@
+"""A real paypush process and a real Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.processes import ROOT, ServerProcess, base_env
+from tests.stomp import prepare_broker
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Per module: Playwright's sync API keeps an event loop running while it is
+    alive, which the asyncio tests after it must not find."""
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is not installed: run .ci/setup --browser"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, mongo_url: str) -> Iterator[ServerProcess]:
+    passcode = prepare_broker()
+    env = base_env(tmp_path_factory.mktemp("e2e-var"), MONGO_URL=mongo_url,
+                   MONGO_DB=f"e2e{uuid.uuid4().hex[:12]}", STOMP_PASSCODE=passcode,
+                   SIM_NOTIFY_SPEED="100")
+    proc = ServerProcess(env).start()
+    yield proc
+    assert proc.stop() == 0, proc.output
+    assert "Traceback" not in proc.output, proc.output
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 420, "height": 860})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

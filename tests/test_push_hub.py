@@ -1,0 +1,85 @@
+"""PushHub: a browser that cannot keep up is dropped; the others never wait for it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from server.push_hub import QUEUE_SIZE, PushHub, Subscriber
+
+
+class Page:
+    """A socket's two ends as the hub sees them: send (maybe stuck) and close."""
+
+    def __init__(self, stuck: bool = False):
+        self.received: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+        self._gate = asyncio.Event()
+        if not stuck:
+            self._gate.set()
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self._gate.wait()  # a stuck page never drains its TCP buffer
+        self.received.append(event)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def event(n: int, status: str = "unpaid") -> dict[str, Any]:
+    return {"type": "status", "order_id": "o1", "status": f"{status}{n}", "total_fee": 1}
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_stuck_page_is_disconnected_and_the_others_get_everything() -> None:
+    hub = PushHub(max_sockets_per_user=8)
+    stuck, healthy = Page(stuck=True), Page()
+    subs = [Subscriber("u", "o1", "tok", p.send, p.close) for p in (stuck, healthy)]
+    for sub in subs:
+        hub.subscribe(sub)
+    await asyncio.gather(*(sub.start(event(0)) for sub in subs[1:]))
+    stuck_start = asyncio.get_running_loop().create_task(subs[0].start(event(0)))
+    await asyncio.sleep(0)
+
+    total = QUEUE_SIZE + 5
+    for n in range(1, total + 1):
+        hub.dispatch("tok", event(n))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert stuck.closed == (1013, "too slow")
+    assert [e["status"] for e in healthy.received] == [f"unpaid{n}" for n in range(total + 1)]
+    assert healthy.closed is None
+    hub.close_all()
+    stuck_start.cancel()
+    await asyncio.sleep(0)
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_repeats_of_a_known_status_are_not_sent_again() -> None:
+    page = Page()
+    sub = Subscriber("u", "o1", "tok", page.send, page.close)
+    hub = PushHub(8)
+    hub.subscribe(sub)
+    hub.dispatch("tok", {"status": "paid"})  # arrives while the state is being read
+    await sub.start({"status": "paid"})
+    hub.dispatch("tok", {"status": "paid"})
+    await asyncio.sleep(0.05)
+    assert page.received == [{"status": "paid"}]
+    hub.close_all()
+    await asyncio.sleep(0)
+
+
+def test_per_user_cap_and_bookkeeping() -> None:
+    hub = PushHub(max_sockets_per_user=2)
+    pages = [Page() for _ in range(3)]
+    subs = [Subscriber("u", "o1", f"t{i}", p.send, p.close) for i, p in enumerate(pages)]
+    hub.subscribe(subs[0])
+    hub.subscribe(subs[1])
+    assert not hub.can_open("u") and hub.can_open("other")
+    hub.unsubscribe(subs[0])
+    hub.unsubscribe(subs[0])  # twice is harmless
+    assert hub.can_open("u") and len(hub) == 1
+    hub.close_all()
+    assert pages[1].closed == (1001, "server shutting down") and len(hub) == 0
