@@ -55,6 +55,10 @@ class Settings:
     sim_notify_speed: float = 1.0
     log_format: str = "text"
     push_route: str = "ws"
+    timeout_retry_delays: tuple[int, ...] = (5, 30, 120, 600)
+    sweep_interval_seconds: float = 60.0
+    sweep_grace_seconds: float = 120.0
+    active_query_after_seconds: float = 15.0
 
     @property
     def notify_url(self) -> str:
@@ -174,6 +178,14 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if push_route not in ("ws", "stomp"):
         raise ConfigError(f"PUSH_ROUTE must be ws or stomp, got {push_route!r}")
 
+    raw_delays = env.get("TIMEOUT_RETRY_DELAYS", "").strip() or "5,30,120,600"
+    try:
+        retry_delays = tuple(int(d) for d in raw_delays.split(","))
+    except ValueError:
+        retry_delays = ()
+    if not retry_delays or min(retry_delays) < 1:
+        raise ConfigError(f"TIMEOUT_RETRY_DELAYS must be whole seconds >= 1, comma-separated, got {raw_delays!r}")
+
     return Settings(
         host=host,
         port=port,
@@ -199,4 +211,8 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sim_notify_speed=_float(env, "SIM_NOTIFY_SPEED", 1.0) or 1.0,
         log_format=log_format,
         push_route=push_route,
+        timeout_retry_delays=retry_delays,
+        sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 60.0) or 60.0,
+        sweep_grace_seconds=_float(env, "SWEEP_GRACE_SECONDS", 120.0),
+        active_query_after_seconds=_float(env, "ACTIVE_QUERY_AFTER_SECONDS", 15.0),
     )

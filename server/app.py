@@ -47,7 +47,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "compress_response": True,
         # Server pings reap dead peers; pages send nothing big.
         "websocket_ping_interval": 20,
-        "websocket_ping_timeout": 60,
+        "websocket_ping_timeout": 20,
         "websocket_max_message_size": 4096,
     }
     app_settings.update(overrides)

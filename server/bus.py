@@ -75,14 +75,21 @@ class Bus:
 
     async def publish_json(self, routing_key: str, payload: dict[str, Any]) -> None:
         """Publish a persistent message to ``paynotify`` and wait for the broker's confirm."""
-        message = aio_pika.Message(json.dumps(payload).encode("utf-8"),
-                                   content_type="application/json",
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+        await self._publish(self._paynotify, routing_key, json.dumps(payload).encode("utf-8"),
+                            "application/json")
+
+    async def publish_to_queue(self, queue: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
+        """Publish a persistent message straight to ``queue`` (default exchange), confirmed."""
+        await self._publish(self._channel.default_exchange, queue, body, "text/plain", headers)
+
+    async def _publish(self, exchange: Any, routing_key: str, body: bytes, content_type: str,
+                       headers: dict[str, Any] | None = None) -> None:
         if not self.is_open:
             raise BusUnavailable("RabbitMQ connection is down")
+        message = aio_pika.Message(body, content_type=content_type, headers=headers or {},
+                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         try:
-            await asyncio.wait_for(self._paynotify.publish(message, routing_key=routing_key),
-                                   PUBLISH_TIMEOUT)
+            await asyncio.wait_for(exchange.publish(message, routing_key=routing_key), PUBLISH_TIMEOUT)
         except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise BusUnavailable(f"{type(exc).__name__}: {exc}") from None
 

@@ -23,8 +23,10 @@ from typing import Any
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from server.bus import BusUnavailable
 from server.events import OrderEvents, outbox_fields
 from server.store import Store
+from server.timeout_queues import TimeoutQueues
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +122,12 @@ def _iso(ts: float) -> str:
 
 
 class Orders:
-    def __init__(self, store: Store, timeout_seconds: int, events: OrderEvents):
+    def __init__(self, store: Store, timeout_seconds: int, events: OrderEvents,
+                 deadlines: TimeoutQueues | None = None):
         self.store = store
         self.timeout_seconds = timeout_seconds
         self.events = events
+        self.deadlines = deadlines
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
         skus = {d["_id"]: d for d in await self.store.skus.find(
@@ -157,6 +161,13 @@ class Orders:
             raise OrderNotFound()  # released by a sweep while we were reserving
         await self.add_log(order["_id"], "created", user, f"{len(items)} lines, {order['pay_money']} fen")
         log.info("order %s created by %s: %d fen", order["_id"], user, order["pay_money"])
+        if self.deadlines is not None:
+            try:
+                await self.deadlines.schedule(order["_id"])
+            except BusUnavailable as exc:
+                # Not lost: the sweeper closes overdue orders that have no message.
+                log.warning("order %s: deadline message not published (%s); the sweeper will see to it",
+                            order["_id"], exc)
         return placed
 
     async def _hold(self, order_id: str, line: Line) -> bool:
@@ -178,7 +189,8 @@ class Orders:
             {"$unset": {f"holds.{order_id}": ""}})
 
     async def release_reservation(self, order: dict[str, Any], to: str) -> None:
-        """Give back every hold this order has (each at most once)."""
+        """Give back every hold this order has (each at most once); ``to=REJECTED``
+        also ends a reservation that never became an order."""
         for item in order["items"]:
             await self._give_back(order["_id"], item["sku_id"], int(item["num"]))
         if to == REJECTED:
@@ -233,6 +245,65 @@ class Orders:
         if await self.add_log(order["_id"], "paid", "system", remarks):
             log.info("order %s paid: %s", order["_id"], remarks)
         await self.settle_reservation(order)
+
+    async def close(self, order_id: str, remarks: str) -> tuple[bool, dict[str, Any] | None]:
+        """unpaid -> closed, stock given back. Returns (won, order after)."""
+        order = await self.store.orders.find_one_and_update(
+            {"_id": order_id, "status": UNPAID},
+            {"$set": {"status": CLOSED, "closed_at": time.time(), **outbox_fields(CLOSED)}},
+            return_document=ReturnDocument.AFTER)
+        won = order is not None
+        if order is not None:
+            self.events.flush_soon(order)
+        else:
+            order = await self.get(order_id)
+        if order is not None and order["status"] == CLOSED:
+            await self.after_closed(order, remarks)
+        return won, order
+
+    async def after_closed(self, order: dict[str, Any], remarks: str) -> None:
+        """Idempotent side effects of a close: the log entry and every hold given back once."""
+        if await self.add_log(order["_id"], "closed", "system", remarks):
+            log.info("order %s closed: %s", order["_id"], remarks)
+        await self.release_reservation(order, to=CLOSED)
+
+    async def mark_paid_after_close(self, order_id: str, transaction_id: str,
+                                    pay_time: float) -> dict[str, Any] | None:
+        """closed -> paid: WeChat took the money after we closed (compensation).
+
+        The stock given back at the close is taken again, once per SKU, even if
+        that leaves it negative: the sale happened and someone must see the oversell.
+        """
+        order = await self.store.orders.find_one_and_update(
+            {"_id": order_id, "status": CLOSED},
+            {"$set": {"status": PAID, "transaction_id": transaction_id, "pay_time": pay_time,
+                      "paid_at": time.time(), "compensated": "paid after close", **outbox_fields(PAID)}},
+            return_document=ReturnDocument.AFTER)
+        if order is not None:
+            self.events.flush_soon(order)
+        else:
+            order = await self.get(order_id)
+        if order is None or order["status"] != PAID or order.get("transaction_id") != transaction_id:
+            return order
+        if order.get("compensated"):
+            await self.add_log(order_id, "paid", "system",
+                               f"{transaction_id} (paid after close: compensation, stock taken again)")
+            for item in order["items"]:
+                sku = await self.store.skus.find_one_and_update(
+                    {"_id": item["sku_id"], f"retaken.{order_id}": {"$exists": False}},
+                    {"$inc": {"stock": -int(item["num"])}, "$set": {f"retaken.{order_id}": int(item["num"])}},
+                    return_document=ReturnDocument.AFTER)
+                if sku is not None and sku["stock"] < 0:
+                    log.warning("SKU %s oversold by %d after compensating order %s",
+                                item["sku_id"], -sku["stock"], order_id)
+        return order
+
+    async def overdue(self, before: float, limit: int = 500) -> list[str]:
+        """Unpaid orders past ``before`` and reservations abandoned before it."""
+        docs = await self.store.orders.find(
+            {"status": {"$in": [UNPAID, RESERVING]}, "expires_at": {"$lt": before}},
+            projection={"_id": 1}).to_list(limit)
+        return [d["_id"] for d in docs]
 
     async def remember_code_url(self, order_id: str, code_url: str, prepay_id: str) -> None:
         await self.store.orders.update_one(

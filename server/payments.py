@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from server import qr
-from server.orders import PAID, UNPAID, OrderError, OrderNotFound, Orders
+from server.orders import CLOSED, PAID, UNPAID, OrderError, OrderNotFound, Orders
 from server.push_tokens import PushTokens
 from server.wxpay import signing, xmlcodec
 from server.wxpay.client import WxPayClient, parse_wx_time
@@ -106,12 +106,22 @@ class Payments:
         reply = await self.wx.order_query(order_id)
         state = reply.get("trade_state", "")
         if state == "SUCCESS":
-            order = await self.orders.get(order_id)
-            if order is not None and str(order["pay_money"]) == reply.get("total_fee"):
-                await self.orders.mark_paid(order_id, reply["transaction_id"],
-                                            _pay_time(reply.get("time_end", "")),
-                                            f"{reply['transaction_id']} (found by order query)")
+            await self.record_queried_payment(order_id, reply)
         return state
+
+    async def record_queried_payment(self, order_id: str, reply: dict[str, str]) -> bool:
+        """Record a payment orderquery reported (the notify never came). True if paid now."""
+        order = await self.orders.get(order_id)
+        if order is None or str(order["pay_money"]) != reply.get("total_fee"):
+            log.warning("orderquery for %s reports %s fen; not recorded", order_id, reply.get("total_fee"))
+            return False
+        transaction_id, pay_time = reply["transaction_id"], _pay_time(reply.get("time_end", ""))
+        if order["status"] == CLOSED:
+            order = await self.orders.mark_paid_after_close(order_id, transaction_id, pay_time)
+        else:
+            _, order = await self.orders.mark_paid(order_id, transaction_id, pay_time,
+                                                   f"{transaction_id} (found by order query)")
+        return order is not None and order["status"] == PAID
 
     async def handle_notify(self, body: bytes) -> str:
         """Verify and record one notify. Returns the order id; raises NotifyRejected."""
@@ -130,7 +140,7 @@ class Payments:
             raise NotifyRejected("mch_id is not ours")
         order_id = fields.get("out_trade_no", "")
         order = await self.orders.get(order_id) if 0 < len(order_id) <= 32 else None
-        if order is None or order["status"] not in (UNPAID, PAID):
+        if order is None or order["status"] not in (UNPAID, PAID, CLOSED):
             raise NotifyRejected(f"unknown order {order_id[:32]!r}")
         if fields.get("result_code") != "SUCCESS":
             # A failed payment attempt: nothing to record but the fact.
@@ -143,8 +153,12 @@ class Payments:
         transaction_id = fields.get("transaction_id", "")
         if not transaction_id or len(transaction_id) > 32:
             raise NotifyRejected("transaction_id missing")
-        _, order = await self.orders.mark_paid(order_id, transaction_id,
-                                               _pay_time(fields.get("time_end", "")), transaction_id)
+        pay_time = _pay_time(fields.get("time_end", ""))
+        if order["status"] == CLOSED:
+            # Paid at WeChat after we closed it: the money is real, so is the sale.
+            order = await self.orders.mark_paid_after_close(order_id, transaction_id, pay_time)
+        else:
+            _, order = await self.orders.mark_paid(order_id, transaction_id, pay_time, transaction_id)
         if order is None or order["status"] != PAID:
             raise NotifyRejected(f"order {order_id} is {order and order['status']}")
         # Paid twice at WeChat: keep the first, flag the second for a refund.

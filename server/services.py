@@ -19,9 +19,11 @@ from server.push_hub import PushHub
 from server.push_tokens import PushTokens
 from server.simulator.app import Simulator
 from server.store import Store
+from server.timeout_queues import TimeoutQueues
+from server.timeouts import Timeouts
 from server.wxpay.client import Merchant, WxPayClient
 from settings import Settings
-from workers import outbox, paynotify_bridge
+from workers import active_query, order_timeout, outbox, paynotify_bridge, sweeper
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,23 @@ class Services:
     payments: Payments
     push_tokens: PushTokens
     hub: PushHub
+    timeout_queues: TimeoutQueues
+    timeouts: Timeouts
     simulator: Simulator | None
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start_workers(self) -> None:
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
+        await order_timeout.start(self.timeouts, self.timeout_queues)
+        cfg = self.settings
+        active = active_query.ActiveQuery(self.hub, self.orders, self.payments, cfg.active_query_after_seconds)
         loop = asyncio.get_running_loop()
-        self._workers.append(loop.create_task(outbox.run(self.events), name="outbox"))
+        self._workers += [
+            loop.create_task(outbox.run(self.events), name="outbox"),
+            loop.create_task(sweeper.run(self.orders, self.timeouts, cfg.sweep_interval_seconds,
+                                         cfg.sweep_grace_seconds), name="sweeper"),
+            loop.create_task(active_query.run(active), name="active-query"),
+        ]
 
     async def close(self) -> None:
         """Stop workers, then close connections (sockets are closed by the caller)."""
@@ -69,13 +81,15 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     await store_mod.create_indexes(store)
     bus = await Bus.connect(settings.amqp_url)
+    timeout_queues = await TimeoutQueues.declare(bus, settings.order_timeout_seconds,
+                                                 settings.timeout_retry_delays)
     http = aiohttp.ClientSession()
     merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
                         settings.wxpay_sign_type)
     wx = WxPayClient(http, settings.wxpay_api_base, merchant)
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
-    orders = Orders(store, settings.order_timeout_seconds, events)
+    orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues)
     push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.stomp_login,
                       settings.stomp_passcode, tokens)
     payments = Payments(orders, wx, settings.notify_url, push)
@@ -87,4 +101,5 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
                                      notify_speed=settings.sim_notify_speed)
         await catalog.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
-                    PushHub(settings.max_sockets_per_user), simulator)
+                    PushHub(settings.max_sockets_per_user), timeout_queues,
+                    Timeouts(orders, payments, wx), simulator)

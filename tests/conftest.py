@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,25 @@ def mongo_url(embedded_mongo: EmbeddedMongo | None) -> str:
     return embedded_mongo.url if embedded_mongo else _external_mongo_url()
 
 
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A RabbitMQ vhost of this test session's own: its queues (queue.ordertimeout
+    above all) are not shared with a paypush running on the same broker."""
+    vhost = f"paypush-test-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    rabbitmqctl("delete_vhost", vhost)
+
+
 @pytest.fixture
-def test_settings(http_port: int, tmp_path: Path) -> settings_mod.Settings:
+def test_settings(http_port: int, tmp_path: Path, amqp_url: str) -> settings_mod.Settings:
     return settings_mod.from_environ({
+        "AMQP_URL": amqp_url,
         "PORT": str(http_port),
         "VAR_DIR": str(tmp_path / "var"),
         "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",

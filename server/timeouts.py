@@ -1,0 +1,108 @@
+"""Deciding what becomes of an order at its deadline.
+
+Asks WeChat first, because the shopper may have paid at the last second or the
+notify may have been lost: SUCCESS is recorded as a payment (compensation),
+NOTPAY is closed at WeChat and then here. Every step is one of the conditional
+transitions in ``orders``, so the queue worker, the sweeper and a notify can
+all meet on the same order and still leave it paid xor closed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+
+from pymongo.errors import PyMongoError
+
+from server.orders import CLOSED, PAID, REJECTED, RESERVING, UNPAID, Orders
+from server.payments import Payments
+from server.wxpay.client import WxPayClient
+from server.wxpay.errors import WxPayError
+
+log = logging.getLogger(__name__)
+
+# A "reserving" order older than this lost its process mid-reservation.
+ABANDONED_RESERVATION_SECONDS = 60.0
+
+
+class Outcome(enum.Enum):
+    FINAL = "final"          # paid, closed or gone: ack
+    NOT_DUE = "not_due"      # early: look again at the deadline
+    LATER = "later"          # WeChat says wait (USERPAYING, too young to close)
+    RETRY = "retry"          # something failed: back off
+
+
+class Timeouts:
+    def __init__(self, orders: Orders, payments: Payments, wx: WxPayClient):
+        self.orders = orders
+        self.payments = payments
+        self.wx = wx
+        self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
+
+    async def settle(self, order_id: str) -> tuple[Outcome, float]:
+        """Drive the order toward paid or closed. Returns the outcome and, for
+        NOT_DUE, the seconds until its deadline."""
+        try:
+            outcome, wait = await self._settle(order_id)
+        except PyMongoError as exc:
+            log.warning("timeout %s: storage unavailable (%s), will retry", order_id, type(exc).__name__)
+            outcome, wait = Outcome.RETRY, 0.0
+        except WxPayError as exc:
+            log.warning("timeout %s: WeChat Pay %s, will retry", order_id, exc)
+            outcome, wait = Outcome.RETRY, 0.0
+        self.outcomes[outcome.value] += 1
+        return outcome, wait
+
+    async def _settle(self, order_id: str) -> tuple[Outcome, float]:
+        order = await self.orders.get(order_id)
+        if order is None:
+            log.warning("timeout for unknown order %r ignored", order_id[:64])
+            return Outcome.FINAL, 0.0
+        status = order["status"]
+        if status == CLOSED:  # re-drive side effects a crash may have cut short
+            await self.orders.after_closed(order, "timed out")
+            return Outcome.FINAL, 0.0
+        if status in (PAID, REJECTED):
+            return Outcome.FINAL, 0.0
+        if status == RESERVING:
+            if time.time() - order["created_at"] < ABANDONED_RESERVATION_SECONDS:
+                return Outcome.NOT_DUE, ABANDONED_RESERVATION_SECONDS
+            await self.orders.release_reservation(order, to=REJECTED)
+            log.info("order %s: abandoned reservation released", order_id)
+            return Outcome.FINAL, 0.0
+        assert status == UNPAID
+        remaining = order["expires_at"] - time.time()
+        if remaining > 0.5:
+            return Outcome.NOT_DUE, remaining
+        return await self._ask_wechat(order_id)
+
+    async def _ask_wechat(self, order_id: str) -> tuple[Outcome, float]:
+        try:
+            reply = await self.wx.order_query(order_id)
+        except WxPayError as exc:
+            if exc.err_code == "ORDERNOTEXIST":  # the pay page never asked for a QR
+                await self.orders.close(order_id, "timed out (no WeChat trade)")
+                return Outcome.FINAL, 0.0
+            raise
+        state = reply.get("trade_state", "")
+        if state in ("SUCCESS", "REFUND"):
+            await self.payments.record_queried_payment(order_id, reply)
+            return Outcome.FINAL, 0.0
+        if state == "USERPAYING":
+            return Outcome.LATER, 0.0
+        try:
+            await self.wx.close_order(order_id)
+        except WxPayError as exc:
+            if exc.err_code == "ORDERPAID":  # paid between our query and our close
+                reply = await self.wx.order_query(order_id)
+                if reply.get("trade_state") == "SUCCESS":
+                    await self.payments.record_queried_payment(order_id, reply)
+                    return Outcome.FINAL, 0.0
+                return Outcome.RETRY, 0.0
+            if exc.err_code == "CLOSE_TOO_EARLY":
+                return Outcome.LATER, 0.0
+            if exc.err_code not in ("ORDERCLOSED", "ORDERNOTEXIST"):
+                raise
+        await self.orders.close(order_id, f"timed out (WeChat trade {state or 'unknown'}, closed)")
+        return Outcome.FINAL, 0.0

@@ -1,0 +1,55 @@
+"""RabbitMQ unreachable (a cut TCP path) while a payment lands: the notify is
+still acknowledged, and the event goes out when the broker is reachable again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from server.services import Services
+from tests.notify_client import post_notify, signed_notify
+from tests.shopper import Shopper
+from tests.sockets import PageSocket
+from tests.tcp_proxy import TcpProxy
+from tests.test_push_bus import wait_until
+
+
+@pytest.fixture
+def rabbit_proxy(io_loop) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
+    proxy = io_loop.run_sync(lambda: TcpProxy(5672).start())
+    yield proxy
+    io_loop.run_sync(proxy.close)
+
+
+@pytest.fixture
+def extra_settings(rabbit_proxy: TcpProxy, amqp_url: str) -> dict[str, object]:
+    vhost = amqp_url.rsplit("/", 1)[1]
+    return {"amqp_url": f"amqp://guest:guest@127.0.0.1:{rabbit_proxy.port}/{vhost}"}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_payment_recorded_while_rabbitmq_is_unreachable_is_pushed_when_it_returns(
+        shopper: Shopper, base_url: str, services: Services, rabbit_proxy: TcpProxy) -> None:
+    order = await shopper.order([("mug-celadon", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await sock.next())["status"] == "unpaid"
+    await rabbit_proxy.cut()
+    await wait_until(lambda: not services.bus.is_open)
+
+    status, reply = await post_notify(base_url, signed_notify(order))
+    assert (status, reply["return_code"]) == (200, "SUCCESS")  # the database is the record
+    status, ready = await shopper.request("GET", "/readyz")
+    assert status == 503 and ready["rabbitmq"] == "down"
+    assert await services.events.backlog() == 1
+
+    await rabbit_proxy.restore()
+    event = await sock.next(within=20)
+    assert event is not None and event["type"] == "paid"
+    for _ in range(100):  # the outbox drainer publishes it within a second or two
+        if await services.events.backlog() == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert await services.events.backlog() == 0
+    assert services.events.published >= 1
