@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -42,11 +43,12 @@ class Services:
     timeout_queues: TimeoutQueues
     timeouts: Timeouts
     simulator: Simulator | None
+    timeout_stats: Counter[str] = field(default_factory=Counter)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start_workers(self) -> None:
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
-        await order_timeout.start(self.timeouts, self.timeout_queues)
+        await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats)
         cfg = self.settings
         active = active_query.ActiveQuery(self.hub, self.orders, self.payments, cfg.active_query_after_seconds)
         loop = asyncio.get_running_loop()

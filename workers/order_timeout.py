@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -19,8 +20,12 @@ from server.timeouts import Outcome, Timeouts
 log = logging.getLogger(__name__)
 
 
-def make_handler(timeouts: Timeouts, queues: TimeoutQueues) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
+                 stats: Counter[str]) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
+        stats["received"] += 1
+        if message.redelivered:
+            stats["redelivered"] += 1
         # requeue on an unexpected failure (nothing acked it), after a pause so a
         # poison message cannot spin.
         async with message.process(requeue=True, ignore_processed=True):
@@ -44,5 +49,5 @@ def make_handler(timeouts: Timeouts, queues: TimeoutQueues) -> Callable[[Abstrac
     return handle
 
 
-async def start(timeouts: Timeouts, queues: TimeoutQueues) -> None:
-    await queues.consume(make_handler(timeouts, queues))
+async def start(timeouts: Timeouts, queues: TimeoutQueues, stats: Counter[str]) -> None:
+    await queues.consume(make_handler(timeouts, queues, stats))

@@ -6,6 +6,7 @@ Mounted under ``/sandbox/wxpay/`` in sandbox mode, or served on its own by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class Simulator:
     key: str
     trades: TradeBook
     notifier: Notifier
+    api_delay: float = 0.0  # test knob: WeChat answering slowly
 
     @classmethod
     def create(cls, session: aiohttp.ClientSession, *, appid: str, mch_id: str, key: str,
@@ -61,7 +63,9 @@ class MerchantApiHandler(_SimHandler):
     def get(self) -> None:
         self._fail("REQUIRE_POST_METHOD: 请使用post方法")
 
-    def post(self) -> None:
+    async def post(self) -> None:
+        if self.sim.api_delay:
+            await asyncio.sleep(self.sim.api_delay)
         body = self.request.body
         if not body:
             return self._fail("POST_DATA_EMPTY: post数据为空")
@@ -176,6 +180,23 @@ class PhoneJsonHandler(_SimHandler):
         self.finish(_trade_json(trade))
 
 
+class ControlHandler(_SimHandler):
+    """``POST control`` ``{"api_delay": seconds}``: test knobs for the whole simulator."""
+
+    def post(self) -> None:
+        try:
+            knobs = json.loads(self.request.body or b"{}")
+            delay = float(knobs.get("api_delay", self.sim.api_delay))
+            if not 0 <= delay <= 60:
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            self.set_status(400)
+            self.finish({"error": 'expected {"api_delay": 0..60}'})
+            return
+        self.sim.api_delay = delay
+        self.finish({"api_delay": delay})
+
+
 class TradeJsonHandler(_SimHandler):
     """``GET trades/{out_trade_no}``: what WeChat knows, including notify replies seen."""
 
@@ -226,5 +247,6 @@ def routes(prefix: str, sim: Simulator) -> list[tornado.web.URLSpec]:
         tornado.web.url(p + "/phone", PhonePageHandler, {"sim": sim}, name="sim_phone"),
         tornado.web.url(p + "/scan", PhoneJsonHandler, {"sim": sim, "action": "scan"}),
         tornado.web.url(p + "/pay", PhoneJsonHandler, {"sim": sim, "action": "pay"}),
+        tornado.web.url(p + "/control", ControlHandler, {"sim": sim}),
         tornado.web.url(p + r"/trades/([A-Za-z0-9_\-|*]{1,32})", TradeJsonHandler, {"sim": sim}),
     ]

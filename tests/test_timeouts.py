@@ -1,0 +1,215 @@
+"""Unpaid orders close at their deadline; paid-at-the-last-second orders end paid."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import time
+
+import pytest
+
+from server.services import Services
+from server.timeout_queues import DELAY_QUEUE, TimeoutQueues
+from tests.notify_client import post_notify, signed_notify
+from tests.shopper import Shopper
+from tests.sockets import PageSocket
+from tests.timeout_helpers import SETTINGS, final_order, log_kinds, stock_total, trade
+from workers.sweeper import sweep_once
+
+
+@pytest.fixture
+def extra_settings() -> dict[str, object]:
+    return dict(SETTINGS)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_unpaid_order_is_closed_with_stock_back_and_the_page_told(
+        shopper: Shopper, base_url: str, services: Services) -> None:
+    before = await stock_total(services)
+    order = await shopper.order([("mug-celadon", 2)])
+    await shopper.create_native(order["id"])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await sock.next())["status"] == "unpaid"
+    assert await sock.next(within=20) == {"type": "closed", "order_id": order["id"], "status": "closed",
+                                          "total_fee": 7800}
+    closed = await shopper.get_order(order["id"])
+    assert closed["status"] == "closed"
+    assert [e["kind"] for e in closed["logs"]] == ["created", "closed"]
+    assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
+    assert await stock_total(services) == before
+    sku = await services.store.skus.find_one({"_id": "mug-celadon"})
+    assert order["id"] not in sku["holds"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_order_without_a_wechat_trade_is_closed_locally(shopper: Shopper, services: Services) -> None:
+    before = await stock_total(services)
+    order = await shopper.order([("fan-silk", 1)])
+    assert (await final_order(shopper, order["id"]))["status"] == "closed"
+    assert await stock_total(services) == before
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_payment_with_lost_notify_is_found_by_the_timeout_worker(
+        shopper: Shopper, base_url: str, services: Services) -> None:
+    order = await shopper.order([("tea-longjing", 1)])
+    native = await shopper.create_native(order["id"])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    await sock.next()
+    status, paid_trade = await shopper.request("POST", "/sandbox/wxpay/pay",
+                                               {"code_url": native["code_url"], "notify": {"drop": True}})
+    assert status == 200
+    assert (await sock.next(within=20))["type"] == "paid"
+    paid = await shopper.get_order(order["id"])
+    assert paid["status"] == "paid" and paid["transaction_id"] == paid_trade["transaction_id"]
+    assert [e["kind"] for e in paid["logs"]] == ["created", "paid"]
+    assert "found by order query" in paid["logs"][1]["remarks"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_closeorder_refused_as_too_young_is_retried_until_it_closes(
+        shopper: Shopper, services: Services) -> None:
+    services.simulator.trades.close_min_age_seconds = 4.0
+    order = await shopper.order([("fan-silk", 1)])
+    await shopper.create_native(order["id"])
+    closed = await final_order(shopper, order["id"], within=30)
+    assert closed["status"] == "closed"
+    assert services.timeouts.outcomes["later"] >= 1  # refused at least once, then accepted
+    assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_notify_and_timeout_racing_end_paid_xor_closed(shopper: Shopper, services: Services) -> None:
+    before = await stock_total(services)
+    rng = random.Random(7)
+    orders = [await shopper.order([("tea-longjing", 1)]) for _ in range(50)]
+    natives = {o["id"]: await shopper.create_native(o["id"]) for o in orders}
+    # Due now: the race is between the shopper paying and the deadline handler.
+    await services.store.orders.update_many({"status": "unpaid"}, {"$set": {"expires_at": time.time()}})
+
+    async def pay(order_id: str) -> None:
+        await asyncio.sleep(rng.random() * 0.05)
+        await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": natives[order_id]["code_url"]})
+
+    async def settle(order_id: str) -> None:
+        await asyncio.sleep(rng.random() * 0.05)
+        await services.timeouts.settle(order_id)
+
+    await asyncio.gather(*(f(o["id"]) for o in orders for f in (pay, settle)))
+    outcomes = {"paid": 0, "closed": 0}
+    for o in orders:
+        final = await final_order(shopper, o["id"])
+        kinds = [e["kind"] for e in final["logs"]]
+        wechat = (await trade(shopper, o["id"]))["trade_state"]
+        if final["status"] == "paid":
+            assert kinds.count("paid") == 1 and "closed" not in kinds, kinds
+            assert wechat == "SUCCESS"
+        else:
+            assert final["status"] == "closed"
+            assert kinds.count("closed") == 1 and "paid" not in kinds, kinds
+            assert wechat == "CLOSED"
+        outcomes[final["status"]] += 1
+    print(f"race outcomes over 50 orders: {outcomes}")
+    assert await stock_total(services) == before
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sweeper_and_queue_on_the_same_orders_close_each_once(shopper: Shopper, services: Services) -> None:
+    before = await stock_total(services)
+    orders = [await shopper.order([("card-sticker", 1)]) for _ in range(3)]
+    await services.store.orders.update_many({"status": "unpaid"}, {"$set": {"expires_at": time.time() - 10}})
+    await asyncio.gather(sweep_once(services.orders, services.timeouts, grace=0),
+                         *(services.timeouts.settle(o["id"]) for o in orders),
+                         sweep_once(services.orders, services.timeouts, grace=0))
+    for o in orders:
+        assert (await shopper.get_order(o["id"]))["status"] == "closed"
+        assert sorted(await log_kinds(services, o["id"])) == ["closed", "created"]
+    assert await stock_total(services) == before
+    sku = await services.store.skus.find_one({"_id": "card-sticker"})
+    assert sku["stock"] == 5 and sku["holds"] == {}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_sweeper_closes_an_order_whose_deadline_message_never_existed(
+        shopper: Shopper, services: Services) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    # The broker is fine; the deadline message is what went missing.
+    channel = await services.bus.connection.channel()
+    queue = await channel.declare_queue(services.timeout_queues.delay_queue, passive=True)
+    await queue.purge()
+    await channel.close()
+    assert await sweep_once(services.orders, services.timeouts, grace=0) == 0  # not overdue yet
+    await services.store.orders.update_one({"_id": order["id"]}, {"$set": {"expires_at": time.time() - 1}})
+    assert await sweep_once(services.orders, services.timeouts, grace=0) == 1
+    assert (await shopper.get_order(order["id"]))["status"] == "closed"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_paid_after_close_is_compensated_not_lost(shopper: Shopper, base_url: str,
+                                                        services: Services) -> None:
+    """WeChat reports a payment for an order we already closed (the trade was
+    created as we closed locally): the money is real, the order ends paid."""
+    before = await stock_total(services)
+    order = await shopper.order([("fan-silk", 2)])
+    await final_order(shopper, order["id"])  # closed with no WeChat trade
+    status, reply = await post_notify(base_url, signed_notify(order))
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    paid = await shopper.get_order(order["id"])
+    assert paid["status"] == "paid"
+    kinds = [e["kind"] for e in paid["logs"]]
+    assert kinds == ["created", "closed", "paid"]
+    assert "compensation" in paid["logs"][2]["remarks"]
+    _, reply = await post_notify(base_url, signed_notify(order))
+    assert reply["return_code"] == "SUCCESS"
+    assert await stock_total(services) == before
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_changed_timeout_does_not_crash_on_the_existing_delay_queue(services: Services) -> None:
+    first = await TimeoutQueues.declare(services.bus, 1234, (1,))
+    again = await TimeoutQueues.declare(services.bus, 1234, (1,))
+    other = await TimeoutQueues.declare(services.bus, 4321, (1,))
+    assert first.delay_queue == again.delay_queue
+    assert other.delay_queue != first.delay_queue
+    assert DELAY_QUEUE in (first.delay_queue, other.delay_queue) or other.delay_queue.endswith("ttl4321000")
+    assert services.bus.is_open
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_connection_dropped_before_ack_redelivers_and_processes_once(
+        shopper: Shopper, services: Services) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    await shopper.create_native(order["id"])
+    await shopper.request("POST", "/sandbox/wxpay/control", {"api_delay": 3})
+    loop = asyncio.get_running_loop()
+    # The deadline passes at 2 s; the worker is then inside orderquery (3 s).
+    await asyncio.sleep(3.0)
+    await loop.run_in_executor(None, rabbitmqctl, "close_all_connections", "--global", "test: drop before ack")
+    await shopper.request("POST", "/sandbox/wxpay/control", {"api_delay": 0})
+    closed = await final_order(shopper, order["id"], within=30)
+    assert closed["status"] == "closed"
+    assert services.timeout_stats["redelivered"] >= 1
+    await asyncio.sleep(1)  # any further copy would be handled by now
+    assert sorted(await log_kinds(services, order["id"])) == ["closed", "created"]
+    assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_delayed_messages_survive_a_broker_restart(shopper: Shopper, services: Services) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, rabbitmqctl, "stop_app")
+    try:
+        await asyncio.sleep(1)
+        assert (await shopper.get_order(order["id"]))["status"] == "unpaid"
+    finally:
+        await loop.run_in_executor(None, rabbitmqctl, "start_app")
+        await loop.run_in_executor(None, rabbitmqctl, "await_startup")
+    # The message sat in the durable delay queue through the restart and expires now.
+    closed = await final_order(shopper, order["id"], within=60)
+    assert closed["status"] == "closed"

@@ -1,0 +1,51 @@
+"""Shared by the timeout tests: waiting, stock accounting, simulator look-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from server.services import Services
+from tests.shopper import Shopper
+
+SETTINGS = {"order_timeout_seconds": 2, "sim_close_min_age_seconds": 0.0, "timeout_retry_delays": (1, 2),
+            "active_query_after_seconds": 1000.0}
+
+
+async def eventually(check, within: float = 20.0, every: float = 0.1):  # type: ignore[no-untyped-def]
+    """Await ``check()`` until it returns something truthy; fail after ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
+        await asyncio.sleep(every)
+
+
+async def final_order(shopper: Shopper, order_id: str, within: float = 20.0) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        order = await shopper.get_order(order_id)
+        return order if order["status"] != "unpaid" else None
+
+    return await eventually(check, within)
+
+
+async def stock_total(services: Services) -> dict[str, int]:
+    """Per SKU: on hand + held by unpaid orders + sold to paid orders."""
+    totals: dict[str, int] = {}
+    async for sku in services.store.skus.find({}):
+        totals[sku["_id"]] = int(sku["stock"]) + sum(int(n) for n in (sku.get("holds") or {}).values())
+    async for order in services.store.orders.find({"status": "paid"}):
+        for item in order["items"]:
+            totals[item["sku_id"]] += int(item["num"])
+    return totals
+
+
+async def trade(shopper: Shopper, order_id: str) -> dict[str, Any]:
+    status, body = await shopper.request("GET", f"/sandbox/wxpay/trades/{order_id}")
+    return body if status == 200 else {"trade_state": "NONE", "notify_replies": []}
+
+
+async def log_kinds(services: Services, order_id: str) -> list[str]:
+    return [e["kind"] async for e in services.store.order_logs.find({"order_id": order_id})]
