@@ -23,6 +23,21 @@ def user_from_cookie(handler: tornado.web.RequestHandler) -> str | None:
     return raw.decode("utf-8") if raw else None
 
 
+def user_from_cookie_header(header: str, secret: str) -> str | None:
+    """The signed login cookie read straight from the header.
+
+    For long-lived sockets: ``request.cookies`` would parse and keep a
+    SimpleCookie of Morsels (a few KiB) for as long as the socket is open.
+    """
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == USER_COOKIE and value:
+            raw = tornado.web.decode_signed_value(secret, USER_COOKIE, value.strip('"'),
+                                                  max_age_days=COOKIE_DAYS)
+            return raw.decode("utf-8") if raw else None
+    return None
+
+
 class BaseHandler(tornado.web.RequestHandler):
     services: Services
 

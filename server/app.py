@@ -45,9 +45,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "template_path": str(ROOT / "templates"),
         "static_path": str(ROOT / "static"),
         "compress_response": True,
-        # Server pings reap dead peers; pages send nothing big.
-        "websocket_ping_interval": 20,
-        "websocket_ping_timeout": 20,
+        # Pages send nothing big. Dead peers are reaped by the hub's single
+        # keep-alive task (PushHub.keep_alive), not a ping task per socket.
         "websocket_max_message_size": 4096,
     }
     app_settings.update(overrides)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -20,64 +21,96 @@ QUEUE_SIZE = 16
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Close = Callable[[int, str], None]
+
+
+class Peer(Protocol):
+    """The browser end of a subscription (the WebSocket handler)."""
+
+    async def send_event(self, event: dict[str, Any]) -> None: ...
+
+    def close_from_hub(self, code: int, reason: str) -> None: ...
+
+    def ping_peer(self) -> None: ...
 
 
 class Subscriber:
-    def __init__(self, user: str, order_id: str, token: str, send: Send, close: Close):
+    """One pay-page socket. Its queue and relay task exist only while it has
+    events to send: an idle waiting browser costs no task, no queue."""
+
+    __slots__ = ("_pending", "_relay", "_started", "last_seen", "last_status", "order_id", "peer", "sent",
+                 "token", "user")
+
+    def __init__(self, user: str, order_id: str, token: str, peer: Peer):
         self.user = user
         self.order_id = order_id
         self.token = token
-        self._send = send
-        self._close = close
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.peer = peer
+        self._pending: deque[dict[str, Any]] | None = None
         self._relay: asyncio.Task[None] | None = None
+        self._started = False
         self.last_status: str | None = None
+        self.last_seen = time.monotonic()
         self.sent = 0
 
     def offer(self, event: dict[str, Any]) -> bool:
-        try:
-            self._queue.put_nowait(event)
-            return True
-        except asyncio.QueueFull:
+        if self._pending is None:
+            self._pending = deque()
+        if len(self._pending) >= QUEUE_SIZE:
             log.warning("pay-page socket of %s for %s cannot keep up: disconnecting it",
                         self.user, self.order_id)
             self.close(CLOSE_TRY_AGAIN_LATER, "too slow")
             return False
+        self._pending.append(event)
+        if self._started and self._relay is None:
+            self._relay = asyncio.get_running_loop().create_task(self._run())
+        return True
 
     async def start(self, current: dict[str, Any]) -> None:
         """Send the current state, then relay what was queued meanwhile and after."""
         await self._deliver(current)
-        self._relay = asyncio.get_running_loop().create_task(self._run())
+        self._started = True
+        if self._pending and self._relay is None:
+            self._relay = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
-            event = await self._queue.get()
-            # At-least-once delivery and the subscribe-then-read overlap both
-            # produce repeats; a status the page already has is not news.
-            if event.get("status") != self.last_status:
-                await self._deliver(event)
+        try:
+            while self._pending:
+                event = self._pending.popleft()
+                # At-least-once delivery and the subscribe-then-read overlap both
+                # produce repeats; a status the page already has is not news.
+                if event.get("status") != self.last_status:
+                    await self._deliver(event)
+        finally:
+            self._relay = None
+            if not self._pending:
+                self._pending = None
 
     async def _deliver(self, event: dict[str, Any]) -> None:
         self.last_status = event.get("status")
-        await self._send(event)
+        await self.peer.send_event(event)
         self.sent += 1
+
+    def ping(self) -> None:
+        self.peer.ping_peer()
 
     def close(self, code: int, reason: str) -> None:
         self.stop()
-        self._close(code, reason)
+        self.peer.close_from_hub(code, reason)
 
     def stop(self) -> None:
         if self._relay is not None:
             self._relay.cancel()
             self._relay = None
+        self._pending = None
+        self._started = False
 
 
 class PushHub:
     def __init__(self, max_sockets_per_user: int):
         self.max_sockets_per_user = max_sockets_per_user
-        self._by_token: dict[str, set[Subscriber]] = {}
+        # A token maps to its one subscriber, or to a set when a page is open
+        # twice: most orders have one page, and a set costs ~240 bytes.
+        self._by_token: dict[str, Subscriber | set[Subscriber]] = {}
         self._per_user: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -86,17 +119,31 @@ class PushHub:
     def can_open(self, user: str) -> bool:
         return self._per_user[user] < self.max_sockets_per_user
 
+    def _watching(self, token: str) -> set[Subscriber]:
+        entry = self._by_token.get(token)
+        if entry is None:
+            return set()
+        return entry if isinstance(entry, set) else {entry}
+
     def subscribe(self, sub: Subscriber) -> None:
-        self._by_token.setdefault(sub.token, set()).add(sub)
+        entry = self._by_token.get(sub.token)
+        if entry is None:
+            self._by_token[sub.token] = sub
+        elif isinstance(entry, set):
+            entry.add(sub)
+        else:
+            self._by_token[sub.token] = {entry, sub}
         self._per_user[sub.user] += 1
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        subs = self._by_token.get(sub.token)
-        if subs is None or sub not in subs:
+        subs = self._watching(sub.token)
+        if sub not in subs:
             return
         subs.discard(sub)
         if not subs:
             del self._by_token[sub.token]
+        elif len(subs) == 1:
+            self._by_token[sub.token] = next(iter(subs))
         self._per_user[sub.user] -= 1
         if self._per_user[sub.user] <= 0:
             del self._per_user[sub.user]
@@ -104,10 +151,10 @@ class PushHub:
 
     def dispatch(self, token: str, event: dict[str, Any]) -> int:
         """Queue ``event`` for every socket watching ``token``; returns how many took it."""
-        return sum(sub.offer(event) for sub in list(self._by_token.get(token, ())))
+        return sum(sub.offer(event) for sub in self._watching(token))
 
     def subscribers(self) -> list[Subscriber]:
-        return [sub for subs in self._by_token.values() for sub in subs]
+        return [sub for token in list(self._by_token) for sub in self._watching(token)]
 
     async def resync(self, current_event: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
         """Offer every socket its order's state again (events may have passed us by)."""
@@ -115,6 +162,21 @@ class PushHub:
             event = await current_event(sub.order_id)
             if event is not None:
                 sub.offer(event)
+
+    async def keep_alive(self, interval: float) -> None:
+        """Ping every socket each ``interval``; close those silent for two.
+
+        One task for the whole process instead of Tornado's ping task per socket.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.monotonic() - 2 * interval
+            for sub in self.subscribers():
+                if sub.last_seen < cutoff:
+                    self.unsubscribe(sub)
+                    sub.close(CLOSE_GOING_AWAY, "ping timeout")
+                else:
+                    sub.ping()
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for sub in self.subscribers():

@@ -28,6 +28,8 @@ from workers import active_query, order_timeout, outbox, paynotify_bridge, sweep
 
 log = logging.getLogger(__name__)
 
+KEEPALIVE_SECONDS = 20.0
+
 
 @dataclass
 class Services:
@@ -57,6 +59,7 @@ class Services:
             loop.create_task(sweeper.run(self.orders, self.timeouts, cfg.sweep_interval_seconds,
                                          cfg.sweep_grace_seconds), name="sweeper"),
             loop.create_task(active_query.run(active), name="active-query"),
+            loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive"),
         ]
 
     async def close(self) -> None:

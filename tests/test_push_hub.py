@@ -16,16 +16,20 @@ class Page:
     def __init__(self, stuck: bool = False):
         self.received: list[dict[str, Any]] = []
         self.closed: tuple[int, str] | None = None
+        self.pings = 0
         self._gate = asyncio.Event()
         if not stuck:
             self._gate.set()
 
-    async def send(self, event: dict[str, Any]) -> None:
+    async def send_event(self, event: dict[str, Any]) -> None:
         await self._gate.wait()  # a stuck page never drains its TCP buffer
         self.received.append(event)
 
-    def close(self, code: int, reason: str) -> None:
+    def close_from_hub(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
+
+    def ping_peer(self) -> None:
+        self.pings += 1
 
 
 def event(n: int, status: str = "unpaid") -> dict[str, Any]:
@@ -36,7 +40,7 @@ def event(n: int, status: str = "unpaid") -> dict[str, Any]:
 async def test_a_stuck_page_is_disconnected_and_the_others_get_everything() -> None:
     hub = PushHub(max_sockets_per_user=8)
     stuck, healthy = Page(stuck=True), Page()
-    subs = [Subscriber("u", "o1", "tok", p.send, p.close) for p in (stuck, healthy)]
+    subs = [Subscriber("u", "o1", "tok", p) for p in (stuck, healthy)]
     for sub in subs:
         hub.subscribe(sub)
     await asyncio.gather(*(sub.start(event(0)) for sub in subs[1:]))
@@ -59,7 +63,7 @@ async def test_a_stuck_page_is_disconnected_and_the_others_get_everything() -> N
 @pytest.mark.gen_test(timeout=10)
 async def test_repeats_of_a_known_status_are_not_sent_again() -> None:
     page = Page()
-    sub = Subscriber("u", "o1", "tok", page.send, page.close)
+    sub = Subscriber("u", "o1", "tok", page)
     hub = PushHub(8)
     hub.subscribe(sub)
     hub.dispatch("tok", {"status": "paid"})  # arrives while the state is being read
@@ -74,7 +78,7 @@ async def test_repeats_of_a_known_status_are_not_sent_again() -> None:
 def test_per_user_cap_and_bookkeeping() -> None:
     hub = PushHub(max_sockets_per_user=2)
     pages = [Page() for _ in range(3)]
-    subs = [Subscriber("u", "o1", f"t{i}", p.send, p.close) for i, p in enumerate(pages)]
+    subs = [Subscriber("u", "o1", f"t{i}", p) for i, p in enumerate(pages)]
     hub.subscribe(subs[0])
     hub.subscribe(subs[1])
     assert not hub.can_open("u") and hub.can_open("other")
@@ -83,3 +87,19 @@ def test_per_user_cap_and_bookkeeping() -> None:
     assert hub.can_open("u") and len(hub) == 1
     hub.close_all()
     assert pages[1].closed == (1001, "server shutting down") and len(hub) == 0
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_keep_alive_pings_the_live_and_closes_the_silent() -> None:
+    hub = PushHub(8)
+    live, dead = Page(), Page()
+    subs = [Subscriber("u", "o1", "a", live), Subscriber("u", "o2", "b", dead)]
+    for s in subs:
+        hub.subscribe(s)
+    subs[1].last_seen -= 60  # no pong for a minute
+    task = asyncio.get_running_loop().create_task(hub.keep_alive(0.05))
+    await asyncio.sleep(0.08)
+    task.cancel()
+    assert live.pings >= 1 and live.closed is None
+    assert dead.closed == (1001, "ping timeout")
+    assert len(hub) == 1

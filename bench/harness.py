@@ -1,0 +1,220 @@
+"""What every benchmark needs: the stack running as separate processes, seeded
+orders, signed cookies and notifies, and a place for results.
+
+The stack is the real thing: nx-27017 (embedded MongoDB), RabbitMQ on
+localhost, the WeChat Pay simulator as its own process, and ``paypush serve``
+as its own process, so client load never shares a Python interpreter with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+from tornado.web import create_signed_value
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import settings as settings_mod  # noqa: E402
+from server.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
+from server.wxpay import signing, xmlcodec  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+COOKIE_SECRET = "bench-cookie-secret-" + "x" * 24
+BENCH_USER = "bench"
+FD_LIMIT = 20000
+
+
+def raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def rabbitmq_memory_kib() -> int:
+    """Total memory RabbitMQ reports (``rabbitmqctl status``), in KiB."""
+    out = subprocess.run(["rabbitmqctl", "status", "--formatter", "json"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return int(json.loads(out)["memory"]["total"]["erlang"]) // 1024
+
+
+def rabbitmq_socket_limit() -> int:
+    out = subprocess.run(["rabbitmqctl", "status", "--formatter", "json"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    return int(json.loads(out)["file_descriptors"]["sockets_limit"])
+
+
+def ensure_rabbitmq_sockets(needed: int) -> None:
+    """RabbitMQ started the usual way (``su rabbitmq`` applies PAM's 1024 open
+    files) gets ~830 sockets; 10k STOMP subscribers need more. Restart it once,
+    as the rabbitmq user without PAM, keeping this process's hard fd limit."""
+    if rabbitmq_socket_limit() >= needed:
+        return
+    print(f"RabbitMQ allows {rabbitmq_socket_limit()} sockets, {needed} needed: restarting it with "
+          f"ulimit -n {FD_LIMIT}", flush=True)
+    subprocess.run(["rabbitmqctl", "stop"], capture_output=True, timeout=120)
+    subprocess.run(["bash", "-c", f"ulimit -n {FD_LIMIT} && exec setpriv --reuid=rabbitmq --regid=rabbitmq "
+                    "--init-groups env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server -detached"],
+                   check=True, timeout=60, cwd="/var/lib/rabbitmq")
+    deadline = time.monotonic() + 120
+    while subprocess.run(["rabbitmqctl", "-q", "await_startup"], capture_output=True, timeout=120).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError("RabbitMQ did not come back")
+        time.sleep(1)
+    if rabbitmq_socket_limit() < needed:
+        raise RuntimeError(f"RabbitMQ still allows only {rabbitmq_socket_limit()} sockets")
+
+
+def prepare_broker() -> str:
+    subprocess.run([str(ROOT / "deploy" / "rabbitmq-setup.sh")], check=True, cwd=ROOT,
+                   capture_output=True, timeout=120)
+    return (ROOT / "var" / "stomp_passcode").read_text().strip()
+
+
+def cookie(user: str = BENCH_USER) -> str:
+    return "user=" + create_signed_value(COOKIE_SECRET, "user", user).decode()
+
+
+def notify_body(order_id: str, total_fee: int) -> bytes:
+    fields = {"return_code": "SUCCESS", "appid": settings_mod.SANDBOX_APPID,
+              "mch_id": settings_mod.SANDBOX_MCH_ID, "nonce_str": signing.nonce(), "result_code": "SUCCESS",
+              "openid": "oBench", "trade_type": "NATIVE", "bank_type": "CMC", "total_fee": str(total_fee),
+              "cash_fee": str(total_fee), "fee_type": "CNY", "transaction_id": "42" + secrets.token_hex(14),
+              "out_trade_no": order_id, "time_end": time.strftime("%Y%m%d%H%M%S")}
+    return xmlcodec.render(signing.signed(fields, settings_mod.SANDBOX_KEY))
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Stack:
+    """MongoDB, simulator and server, each a process of its own."""
+
+    def __init__(self, *, profile: str | None = None, **env: str):
+        raise_fd_limit()
+        self.tmp = Path(tempfile.mkdtemp(prefix="paypush-bench-"))
+        self.mongo = EmbeddedMongo(self.tmp / "mongo")
+        self.port = free_port()
+        self.sim_port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.profile = profile
+        self.extra_env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.server: subprocess.Popen[bytes] | None = None
+        self.db: Any = None
+
+    def env(self) -> dict[str, str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("WXPAY_", "MONGO_", "SANDBOX"))}
+        return {**clean, "VAR_DIR": str(self.tmp / "var"), "COOKIE_SECRET": COOKIE_SECRET,
+                "MONGO_URL": self.mongo.url, "MONGO_DB": "bench", "PORT": str(self.port),
+                "WXPAY_API_BASE": f"http://127.0.0.1:{self.sim_port}", "SIM_CLOSE_MIN_AGE_SECONDS": "0",
+                "MAX_SOCKETS_PER_USER": "100000", "STOMP_PASSCODE": prepare_broker(), **self.extra_env}
+
+    def start(self) -> Stack:
+        self.mongo.start()
+        env = self.env()
+        log = open(self.tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the stack
+        sim = subprocess.Popen([sys.executable, "-m", "server", "simulator", "--port", str(self.sim_port)],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(sim)
+        cmd = [sys.executable, "-m", "server", "serve"]
+        if self.profile:
+            cmd = [sys.executable, "-m", "cProfile", "-o", self.profile, "-m", "server", "serve"]
+        self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(self.server)
+        wait_http(self.base_url + "/healthz")
+        self.db = MongoClient(self.mongo.url)["bench"]
+        self.db.users.update_one({"_id": BENCH_USER}, {"$set": {"password": "x"}}, upsert=True)
+        return self
+
+    @property
+    def server_pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def seed_orders(self, n: int, *, expires_in: float = 3600.0, price: int = 100) -> list[tuple[str, int]]:
+        """``n`` unpaid orders of the bench user, written straight to MongoDB."""
+        now = time.time()
+        docs = [{"_id": time.strftime("%Y%m%d") + secrets.token_hex(12), "user": BENCH_USER,
+                 "items": [{"sku_id": "bench-sku", "name": "Bench item", "price": price, "num": 1}],
+                 "pay_money": price, "status": "unpaid", "created_at": now, "expires_at": now + expires_in}
+                for _ in range(n)]
+        for i in range(0, n, 1000):
+            self.db.orders.insert_many(docs[i:i + 1000])
+        return [(d["_id"], price) for d in docs]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.mongo.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextmanager
+def running_stack(**kwargs: Any):  # type: ignore[no-untyped-def]
+    stack = Stack(**kwargs)
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+
+    def pick(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+    return {"n": len(ordered), "p50": pick(50), "p95": pick(95), "p99": pick(99), "max": ordered[-1]}
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header, *[[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)

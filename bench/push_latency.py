@@ -1,0 +1,129 @@
+"""How fast does "paid" reach the waiting browser?
+
+N orders, each watched by one native /ws/pay socket and one Web STOMP
+subscriber (clients in separate processes). Signed notifies are sent at a
+steady rate for random orders; latency is from the notify request being sent
+to each client hearing "paid". Both routes, same orders, same rate, same run.
+Run: python bench/push_latency.py [--sockets 10000 --rate 100 --seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.clients import ClientFleet, Job, split
+from bench.harness import (
+    RESULTS,
+    cookie,
+    ensure_rabbitmq_sockets,
+    notify_body,
+    percentiles,
+    running_stack,
+    save,
+    table,
+)
+from server.push_tokens import PushTokens
+
+PROCS = 2  # per route
+
+
+async def send_notifies(base_url: str, orders: list[tuple[str, int]], rate: float,
+                        seconds: float) -> tuple[dict[str, float], int]:
+    """Fire notifies at ``rate``/s; returns send time per order and how many failed."""
+    sent: dict[str, float] = {}
+    failures = 0
+    chosen = random.Random(1).sample(orders, min(len(orders), int(rate * seconds)))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(order_id: str, fee: int) -> None:
+            nonlocal failures
+            body = notify_body(order_id, fee)
+            sent[order_id] = time.time()
+            async with http.post(base_url + "/wxpay/notify", data=body) as resp:
+                if b"SUCCESS" not in await resp.read():
+                    failures += 1
+
+        start = time.perf_counter()
+        tasks = []
+        for i, (order_id, fee) in enumerate(chosen):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(order_id, fee)))
+        await asyncio.gather(*tasks)
+    return sent, failures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sockets", type=int, default=10000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    ensure_rabbitmq_sockets(args.sockets + 500)
+    with running_stack() as stack:
+        orders = stack.seed_orders(args.sockets)
+        ids = [o for o, _ in orders]
+        tokens = PushTokens(stack.env()["COOKIE_SECRET"])
+        dest = {o: f"/exchange/paynotify/{tokens.routing_key(o)}" for o in ids}
+        passcode = stack.env()["STOMP_PASSCODE"]
+        jobs = [Job("ws", part, base_url=stack.base_url, cookie=cookie()) for part in split(ids, PROCS)]
+        jobs += [Job("stomp", part, destinations=dest, passcode=passcode) for part in split(ids, PROCS)]
+        ws_fleet, stomp_fleet = ClientFleet(jobs[:PROCS]), ClientFleet(jobs[PROCS:])
+        opened = ws_fleet.start() + stomp_fleet.start()
+        print(f"{opened} sockets open ({args.sockets} native + {args.sockets} STOMP); sending "
+              f"{args.rate:.0f} notifies/s for {args.seconds:.0f}s", flush=True)
+        time.sleep(2)
+        sent, failures = asyncio.run(send_notifies(stack.base_url, orders, args.rate, args.seconds))
+        time.sleep(3)
+        heard = {"native": ws_fleet.stop(), "stomp": stomp_fleet.stop()}
+
+    result: dict[str, object] = {"sockets": args.sockets, "rate": args.rate, "notifies": len(sent),
+                                 "notify_failures": failures}
+    rows, series = [], {}
+    for route, times in heard.items():
+        lat = [(times[o] - t) * 1000 for o, t in sent.items() if o in times]
+        series[route] = lat
+        stats = percentiles(lat)
+        missed = len(sent) - len(lat)
+        result[route] = {**stats, "missed": missed}
+        rows.append([route, stats.get("n", 0), missed, stats.get("p50", 0.0), stats.get("p95", 0.0),
+                     stats.get("p99", 0.0), stats.get("max", 0.0)])
+    print(table(rows, ["route", "heard", "missed", "p50 ms", "p95 ms", "p99 ms", "max ms"]))
+    save("push_latency", result)
+    plot(series, args)
+
+
+def plot(series: dict[str, list[float]], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for route, lat in series.items():
+        ordered = sorted(lat)
+        if ordered:
+            ax.plot(ordered, [i / len(ordered) * 100 for i in range(len(ordered))], label=route)
+    ax.axvline(20, color="grey", ls="--", lw=1, label="target p99: 20 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("notify sent -> browser hears paid (ms, log)")
+    ax.set_ylabel("percent of payments")
+    ax.set_title(f"Push latency, {args.sockets} waiting pages per route, {args.rate:.0f} notifies/s")
+    ax.legend()
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "push_latency.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
