@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import itertools
+
 from bench.clients import ClientFleet, Job, split
 from bench.harness import (
     RESULTS,
@@ -65,7 +67,7 @@ def per_socket(points: list[tuple[int, int]]) -> list[tuple[int, float]]:
 def marginal(points: list[tuple[int, int]]) -> list[tuple[int, float]]:
     """Growth from one level to the next, per added socket: the cost of one
     more waiting browser, without start-up costs (pools, caches) spread in."""
-    return [(n1, (k1 - k0) / (n1 - n0)) for (n0, k0), (n1, k1) in zip(points, points[1:], strict=False)]
+    return [(n1, (k1 - k0) / (n1 - n0)) for (n0, k0), (n1, k1) in itertools.pairwise(points)]
 
 
 BARE = '''

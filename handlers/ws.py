@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 
 import tornado.websocket
 from pymongo.errors import PyMongoError
-from tornado import httputil
 
 from handlers.base import user_from_cookie_header
 from server.events import event_for
