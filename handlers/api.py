@@ -24,9 +24,7 @@ class OrdersHandler(JsonHandler):
 
 class OrderHandler(JsonHandler):
     async def get(self, order_id: str) -> None:
-        orders = self.services.orders
-        order = await orders.get_owned(self.user, order_id)
-        self.send_json(order_json(order, await orders.logs(order_id)))
+        self.send_json(order_json(await self.services.orders.get_owned(self.user, order_id), with_logs=True))
 
 
 class CreateNativeHandler(JsonHandler):

@@ -13,15 +13,16 @@ are idempotent themselves, so they can be re-driven by a repeat.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
 from server.bus import BusUnavailable
 from server.events import OrderEvents, outbox_fields
@@ -99,7 +100,17 @@ def parse_lines(payload: Any) -> list[Line]:
     return [Line(s, n) for s, n in sorted(merged.items())]
 
 
-def order_json(order: dict[str, Any], logs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def log_entry(kind: str, who: str, remarks: str) -> dict[str, Any]:
+    """``$set`` fields for the order's one log entry of ``kind``."""
+    return {f"logs.{kind}": {"who": who, "remarks": remarks[:200], "at": time.time()}}
+
+
+def order_logs(order: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = [{"kind": kind, **entry} for kind, entry in (order.get("logs") or {}).items()]
+    return sorted(entries, key=lambda e: e["at"])
+
+
+def order_json(order: dict[str, Any], with_logs: bool = False) -> dict[str, Any]:
     out = {
         "id": order["_id"],
         "status": order["status"],
@@ -111,9 +122,9 @@ def order_json(order: dict[str, Any], logs: list[dict[str, Any]] | None = None) 
         "transaction_id": order.get("transaction_id"),
         "pay_time": _iso(order["pay_time"]) if order.get("pay_time") else None,
     }
-    if logs is not None:
+    if with_logs:
         out["logs"] = [{"kind": e["kind"], "who": e["who"], "remarks": e.get("remarks", ""),
-                        "at": _iso(e["at"])} for e in logs]
+                        "at": _iso(e["at"])} for e in order_logs(order)]
     return out
 
 
@@ -128,6 +139,7 @@ class Orders:
         self.timeout_seconds = timeout_seconds
         self.events = events
         self.deadlines = deadlines
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
         skus = {d["_id"]: d for d in await self.store.skus.find(
@@ -155,11 +167,12 @@ class Orders:
                 await self.release_reservation(order, to=REJECTED)
                 raise OutOfStock(ln.sku_id)
         placed = await self.store.orders.find_one_and_update(
-            {"_id": order["_id"], "status": RESERVING}, {"$set": {"status": UNPAID}},
+            {"_id": order["_id"], "status": RESERVING},
+            {"$set": {"status": UNPAID,
+                      **log_entry("created", user, f"{len(items)} lines, {order['pay_money']} fen")}},
             return_document=ReturnDocument.AFTER)
         if placed is None:
             raise OrderNotFound()  # released by a sweep while we were reserving
-        await self.add_log(order["_id"], "created", user, f"{len(items)} lines, {order['pay_money']} fen")
         log.info("order %s created by %s: %d fen", order["_id"], user, order["pay_money"])
         if self.deadlines is not None:
             try:
@@ -204,6 +217,10 @@ class Orders:
     async def get(self, order_id: str) -> dict[str, Any] | None:
         return await self.store.orders.find_one({"_id": order_id})
 
+    async def exists(self, order_id: str) -> bool:
+        return await self.store.orders.find_one(
+            {"_id": order_id, "status": {"$in": list(VISIBLE)}}, projection={"_id": 1}) is not None
+
     async def get_owned(self, user: str, order_id: str) -> dict[str, Any]:
         """The user's own order in a visible state; anyone else's looks absent."""
         order = await self.get(order_id) if isinstance(order_id, str) and len(order_id) <= 32 else None
@@ -211,61 +228,74 @@ class Orders:
             raise OrderNotFound()
         return order
 
-    async def logs(self, order_id: str) -> list[dict[str, Any]]:
-        return await self.store.order_logs.find({"order_id": order_id}).sort("at", 1).to_list(100)
-
     async def add_log(self, order_id: str, kind: str, who: str, remarks: str = "") -> bool:
-        """Record one entry of ``kind``; a second attempt is a no-op. True if written."""
-        try:
-            await self.store.order_logs.insert_one(
-                {"order_id": order_id, "kind": kind, "who": who, "remarks": remarks, "at": time.time()})
-            return True
-        except DuplicateKeyError:
-            return False
+        """Record the order's one entry of ``kind`` (a second attempt is a no-op); True if written."""
+        result = await self.store.orders.update_one(
+            {"_id": order_id, f"logs.{kind}": {"$exists": False}}, {"$set": log_entry(kind, who, remarks)})
+        return result.modified_count == 1
 
-    async def mark_paid(self, order_id: str, transaction_id: str, pay_time: float,
-                        remarks: str) -> tuple[bool, dict[str, Any] | None]:
-        """unpaid -> paid. Returns (won, order after); side effects re-run on a repeat."""
+    async def mark_paid(self, order_id: str, transaction_id: str, pay_time: float, remarks: str,
+                        total_fee: int | None = None) -> tuple[bool, dict[str, Any] | None]:
+        """unpaid -> paid, with its log entry in the same update. Returns (won, order after).
+
+        With ``total_fee`` the amount is part of the condition, so the common
+        case (the first notify) costs this one round trip and nothing else.
+        """
+        condition: dict[str, Any] = {"_id": order_id, "status": UNPAID}
+        if total_fee is not None:
+            condition["pay_money"] = total_fee
         order = await self.store.orders.find_one_and_update(
-            {"_id": order_id, "status": UNPAID},
+            condition,
             {"$set": {"status": PAID, "transaction_id": transaction_id, "pay_time": pay_time,
-                      "paid_at": time.time(), **outbox_fields(PAID)}},
+                      "paid_at": time.time(), **outbox_fields(PAID), **log_entry(PAID, "system", remarks)}},
             return_document=ReturnDocument.AFTER)
-        won = order is not None
         if order is not None:
-            self.events.flush_soon(order)
-        else:
-            order = await self.get(order_id)
-        if order is not None and order["status"] == PAID and order.get("transaction_id") == transaction_id:
-            await self.after_paid(order, remarks)
-        return won, order
+            log.info("order %s paid: %s", order_id, remarks)
+            self.after_transition(order)
+            return True, order
+        return False, await self.get(order_id)
 
-    async def after_paid(self, order: dict[str, Any], remarks: str) -> None:
-        """Idempotent side effects of a payment: the log entry and the settled holds."""
-        if await self.add_log(order["_id"], "paid", "system", remarks):
-            log.info("order %s paid: %s", order["_id"], remarks)
-        await self.settle_reservation(order)
+    def after_transition(self, order: dict[str, Any]) -> None:
+        """The winner's side effects, off the caller's path: publish the event,
+        settle (paid) or give back (closed) the stock holds. Each is idempotent
+        and re-driven by the outbox drainer or the timeout worker after a crash."""
+        self.events.flush_soon(order)
+        if order["status"] == PAID:
+            self._background(self.settle_reservation(order))
+        elif order["status"] == CLOSED:
+            self._background(self.release_reservation(order, to=CLOSED))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("stock bookkeeping failed, the timeout worker will redo it: %s", task.exception())
+
+    async def drain(self) -> None:
+        """Let background bookkeeping finish (shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
 
     async def close(self, order_id: str, remarks: str) -> tuple[bool, dict[str, Any] | None]:
-        """unpaid -> closed, stock given back. Returns (won, order after)."""
+        """unpaid -> closed, with its log entry; stock given back. Returns (won, order after)."""
         order = await self.store.orders.find_one_and_update(
             {"_id": order_id, "status": UNPAID},
-            {"$set": {"status": CLOSED, "closed_at": time.time(), **outbox_fields(CLOSED)}},
+            {"$set": {"status": CLOSED, "closed_at": time.time(), **outbox_fields(CLOSED),
+                      **log_entry(CLOSED, "system", remarks)}},
             return_document=ReturnDocument.AFTER)
-        won = order is not None
         if order is not None:
+            log.info("order %s closed: %s", order_id, remarks)
+            await self.release_reservation(order, to=CLOSED)
             self.events.flush_soon(order)
-        else:
-            order = await self.get(order_id)
+            return True, order
+        order = await self.get(order_id)
         if order is not None and order["status"] == CLOSED:
-            await self.after_closed(order, remarks)
-        return won, order
-
-    async def after_closed(self, order: dict[str, Any], remarks: str) -> None:
-        """Idempotent side effects of a close: the log entry and every hold given back once."""
-        if await self.add_log(order["_id"], "closed", "system", remarks):
-            log.info("order %s closed: %s", order["_id"], remarks)
-        await self.release_reservation(order, to=CLOSED)
+            await self.release_reservation(order, to=CLOSED)  # finish what a crash may have cut short
+        return False, order
 
     async def mark_paid_after_close(self, order_id: str, transaction_id: str,
                                     pay_time: float) -> dict[str, Any] | None:
@@ -277,17 +307,18 @@ class Orders:
         order = await self.store.orders.find_one_and_update(
             {"_id": order_id, "status": CLOSED},
             {"$set": {"status": PAID, "transaction_id": transaction_id, "pay_time": pay_time,
-                      "paid_at": time.time(), "compensated": "paid after close", **outbox_fields(PAID)}},
+                      "paid_at": time.time(), "compensated": "paid after close", **outbox_fields(PAID),
+                      **log_entry(PAID, "system",
+                                  f"{transaction_id} (paid after close: compensation, stock taken again)")}},
             return_document=ReturnDocument.AFTER)
         if order is not None:
+            log.warning("order %s paid after it was closed: compensated", order_id)
             self.events.flush_soon(order)
         else:
             order = await self.get(order_id)
         if order is None or order["status"] != PAID or order.get("transaction_id") != transaction_id:
             return order
         if order.get("compensated"):
-            await self.add_log(order_id, "paid", "system",
-                               f"{transaction_id} (paid after close: compensation, stock taken again)")
             for item in order["items"]:
                 sku = await self.store.skus.find_one_and_update(
                     {"_id": item["sku_id"], f"retaken.{order_id}": {"$exists": False}},

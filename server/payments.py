@@ -139,33 +139,43 @@ class Payments:
         if fields.get("mch_id") != merchant.mch_id:
             raise NotifyRejected("mch_id is not ours")
         order_id = fields.get("out_trade_no", "")
-        order = await self.orders.get(order_id) if 0 < len(order_id) <= 32 else None
-        if order is None or order["status"] not in (UNPAID, PAID, CLOSED):
+        if not 0 < len(order_id) <= 32:
             raise NotifyRejected(f"unknown order {order_id[:32]!r}")
         if fields.get("result_code") != "SUCCESS":
             # A failed payment attempt: nothing to record but the fact.
-            await self.orders.add_log(order_id, "payment_failed", "system",
-                                      fields.get("err_code_des", "")[:200])
+            if not await self.orders.exists(order_id):
+                raise NotifyRejected(f"unknown order {order_id!r}")
+            await self.orders.add_log(order_id, "payment_failed", "system", fields.get("err_code_des", ""))
             return order_id
-        if fields.get("total_fee") != str(order["pay_money"]):
-            raise NotifyRejected(f"total_fee {fields.get('total_fee')!r} is not the order's "
-                                 f"{order['pay_money']}")
+        total_fee = fields.get("total_fee", "")
+        if not total_fee.isdigit():
+            raise NotifyRejected(f"total_fee {total_fee[:16]!r} is not an amount in fen")
         transaction_id = fields.get("transaction_id", "")
         if not transaction_id or len(transaction_id) > 32:
             raise NotifyRejected("transaction_id missing")
         pay_time = _pay_time(fields.get("time_end", ""))
+        # The common case, a first notify for an unpaid order of that amount, is
+        # one conditional update; anything else is sorted out from a fresh read.
+        won, order = await self.orders.mark_paid(order_id, transaction_id, pay_time, transaction_id,
+                                                 total_fee=int(total_fee))
+        if won:
+            return order_id
+        if order is None or order["status"] not in (UNPAID, PAID, CLOSED):
+            raise NotifyRejected(f"unknown order {order_id!r}")
+        if total_fee != str(order["pay_money"]):
+            raise NotifyRejected(f"total_fee {total_fee} is not the order's {order['pay_money']}")
         if order["status"] == CLOSED:
             # Paid at WeChat after we closed it: the money is real, so is the sale.
             order = await self.orders.mark_paid_after_close(order_id, transaction_id, pay_time)
-        else:
+        elif order["status"] == UNPAID:  # lost a race with a transition that then failed
             _, order = await self.orders.mark_paid(order_id, transaction_id, pay_time, transaction_id)
         if order is None or order["status"] != PAID:
             raise NotifyRejected(f"order {order_id} is {order and order['status']}")
         # Paid twice at WeChat: keep the first, flag the second for a refund.
         if order.get("transaction_id") != transaction_id and await self.orders.add_log(
                 order_id, "duplicate_payment", "system", transaction_id):
-                log.warning("order %s paid twice: %s and %s; refund the second",
-                            order_id, order.get("transaction_id"), transaction_id)
+            log.warning("order %s paid twice: %s and %s; refund the second",
+                        order_id, order.get("transaction_id"), transaction_id)
         return order_id
 
 

@@ -69,6 +69,7 @@ class Services:
         for task in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.orders.drain()
         await self.events.close()
         if self.simulator is not None:
             await self.simulator.close()

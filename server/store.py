@@ -30,10 +30,6 @@ class Store:
     def orders(self) -> AsyncCollection:
         return self.db["orders"]
 
-    @property
-    def order_logs(self) -> AsyncCollection:
-        return self.db["order_logs"]
-
     async def ping(self) -> None:
         await self.db.command("ping")
 
@@ -57,4 +53,3 @@ async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("status", ASCENDING), ("created_at", ASCENDING)])
     # One entry per (order, kind): what makes every side effect's log idempotent.
     await store.orders.create_index([("pending_event", ASCENDING)], sparse=True)
-    await store.order_logs.create_index([("order_id", ASCENDING), ("kind", ASCENDING)], unique=True)

@@ -60,10 +60,13 @@ class Timeouts:
             log.warning("timeout for unknown order %r ignored", order_id[:64])
             return Outcome.FINAL, 0.0
         status = order["status"]
-        if status == CLOSED:  # re-drive side effects a crash may have cut short
-            await self.orders.after_closed(order, "timed out")
+        if status == CLOSED:  # give back what a crash may have kept held
+            await self.orders.release_reservation(order, to=CLOSED)
             return Outcome.FINAL, 0.0
-        if status in (PAID, REJECTED):
+        if status == PAID:  # settle what a crash may have kept held
+            await self.orders.settle_reservation(order)
+            return Outcome.FINAL, 0.0
+        if status == REJECTED:
             return Outcome.FINAL, 0.0
         if status == RESERVING:
             if time.time() - order["created_at"] < ABANDONED_RESERVATION_SECONDS:
