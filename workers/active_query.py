@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 MAX_INTERVAL = 60.0
 
 
+BATCH = 500
+
+
 class ActiveQuery:
     def __init__(self, hub: PushHub, orders: Orders, payments: Payments, after: float):
         self.hub = hub
@@ -32,21 +35,26 @@ class ActiveQuery:
         self._next: dict[str, tuple[float, float]] = {}  # order_id -> (when, interval)
 
     async def tick(self) -> int:
-        """One pass; returns how many orders were found paid."""
+        """One pass; returns how many orders were found paid.
+
+        One batched read per pass finds which waiting pages have had a QR for
+        a while; every other order is looked at again only ``after`` later.
+        """
         now = time.time()
         waiting = {s.order_id for s in self.hub.subscribers() if s.last_status == UNPAID}
         self._next = {k: v for k, v in self._next.items() if k in waiting}
+        due = [o for o in waiting if self._next.get(o, (0.0, 0.0))[0] <= now][:BATCH]
+        if not due:
+            return 0
+        docs = await self.orders.store.orders.find(
+            {"_id": {"$in": due}, "status": UNPAID, "wx.at": {"$lt": now - self.after}},
+            projection={"_id": 1}).to_list(BATCH)
+        ripe = {d["_id"] for d in docs}
         found = 0
-        for order_id in waiting:
-            when, interval = self._next.get(order_id, (0.0, self.after))
-            if now < when:
-                continue
-            order = await self.orders.get(order_id)
-            issued = ((order or {}).get("wx") or {}).get("at", 0)
-            if order is None or order["status"] != UNPAID or not issued:
-                continue
-            if now - issued < self.after:
-                self._next[order_id] = (issued + self.after, self.after)
+        for order_id in due:
+            _when, interval = self._next.get(order_id, (0.0, self.after))
+            if order_id not in ripe:  # no QR yet, or not long enough ago
+                self._next[order_id] = (now + self.after, interval)
                 continue
             self._next[order_id] = (now + interval, min(interval * 2, MAX_INTERVAL))
             try:

@@ -1,0 +1,41 @@
+"""Runs every benchmark in turn; each prints its table and writes
+bench/results/<name>.json and .png. Not part of the test suite.
+Run: .venv/bin/python bench/run_all.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+FULL = [
+    ["waiting_browsers.py", "--sizes", "1000,5000,10000"],
+    ["push_latency.py", "--sockets", "10000", "--rate", "100", "--seconds", "20"],
+    ["notify_throughput.py"],
+    ["timeout_sweep.py", "--orders", "1000"],
+]
+QUICK = [
+    ["waiting_browsers.py", "--sizes", "200,1000"],
+    ["push_latency.py", "--sockets", "1000", "--rate", "50", "--seconds", "5"],
+    ["notify_throughput.py", "--levels", "1,8,32", "--seconds", "3"],
+    ["timeout_sweep.py", "--orders", "200", "--timeout", "10"],
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes in all")
+    runs = QUICK if parser.parse_args().quick else FULL
+    failed = 0
+    for script, *args in runs:
+        print(f"\n=== {script} {' '.join(args)}", flush=True)
+        failed += subprocess.run([sys.executable, str(HERE / script), *args]).returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
