@@ -8,6 +8,7 @@ start-up with a message naming the variable to set; secrets are kept out of
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -114,6 +115,15 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     return value.rstrip("/")
 
 
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "0.0.0.0", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.endswith(".localhost")
+
+
 def _secret_file(var_dir: Path, name: str) -> str:
     """Read a generated secret from VAR_DIR, creating it (0600) on first use."""
     path = var_dir / name
@@ -157,6 +167,13 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
 
     default_api = f"{public_url}/sandbox/wxpay" if sandbox else REAL_WXPAY_API_BASE
     api_base = _url(env, "WXPAY_API_BASE", default_api, ("http", "https"))
+    sandbox_credentials = (appid or SANDBOX_APPID) == SANDBOX_APPID or (key or SANDBOX_KEY) == SANDBOX_KEY
+    if sandbox_credentials and urlsplit(api_base).hostname == urlsplit(REAL_WXPAY_API_BASE).hostname:
+        raise ConfigError("sandbox WeChat Pay credentials against the real API: set WXPAY_APPID, "
+                          "WXPAY_MCH_ID and WXPAY_KEY to your merchant's, or point WXPAY_API_BASE at a simulator")
+    if not sandbox and _is_loopback(urlsplit(public_url).hostname or ""):
+        raise ConfigError(f"PUBLIC_URL is {public_url}, which WeChat cannot reach: set it to the public "
+                          "https address of this shop (the notify goes to PUBLIC_URL/wxpay/notify)")
 
     cookie_secret = env.get("COOKIE_SECRET", "").strip()
     if not cookie_secret:

@@ -157,6 +157,11 @@ class Stack:
         return self
 
     @property
+    def mongo_pid(self) -> int:
+        assert self.mongo._proc is not None
+        return self.mongo._proc.pid
+
+    @property
     def server_pid(self) -> int:
         assert self.server is not None
         return self.server.pid

@@ -31,7 +31,14 @@ from bench.harness import (
     save,
     table,
 )
+from bench.notify_throughput import cpu_seconds
 from server.push_tokens import PushTokens
+
+
+def beam_pid() -> int:
+    import subprocess
+
+    return int(subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()[0])
 
 PROCS = 2  # per route
 
@@ -68,7 +75,9 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=10000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--routes", default="native,stomp", help="native, stomp or both (default)")
     args = parser.parse_args()
+    routes = args.routes.split(",")
     ensure_rabbitmq_sockets(args.sockets + 500)
     with running_stack() as stack:
         orders = stack.seed_orders(args.sockets)
@@ -76,19 +85,28 @@ def main() -> None:
         tokens = PushTokens(stack.env()["COOKIE_SECRET"])
         dest = {o: f"/exchange/paynotify/{tokens.routing_key(o)}" for o in ids}
         passcode = stack.env()["STOMP_PASSCODE"]
-        jobs = [Job("ws", part, base_url=stack.base_url, cookie=cookie()) for part in split(ids, PROCS)]
-        jobs += [Job("stomp", part, destinations=dest, passcode=passcode) for part in split(ids, PROCS)]
-        ws_fleet, stomp_fleet = ClientFleet(jobs[:PROCS]), ClientFleet(jobs[PROCS:])
-        opened = ws_fleet.start() + stomp_fleet.start()
-        print(f"{opened} sockets open ({args.sockets} native + {args.sockets} STOMP); sending "
+        fleets = {}
+        if "native" in routes:
+            fleets["native"] = ClientFleet([Job("ws", part, base_url=stack.base_url, cookie=cookie())
+                                            for part in split(ids, PROCS)])
+        if "stomp" in routes:
+            fleets["stomp"] = ClientFleet([Job("stomp", part, destinations=dest, passcode=passcode)
+                                           for part in split(ids, PROCS)])
+        opened = sum(f.start() for f in fleets.values())
+        print(f"{opened} sockets open ({args.sockets} per route: {', '.join(fleets)}); sending "
               f"{args.rate:.0f} notifies/s for {args.seconds:.0f}s", flush=True)
         time.sleep(2)
+        pids = {"paypush": stack.server_pid, "nx-27017 (MongoDB)": stack.mongo_pid, "RabbitMQ": beam_pid()}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.monotonic()
         sent, failures = asyncio.run(send_notifies(stack.base_url, orders, args.rate, args.seconds))
+        elapsed = time.monotonic() - started
+        cpu = {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
         time.sleep(3)
-        heard = {"native": ws_fleet.stop(), "stomp": stomp_fleet.stop()}
+        heard = {route: fleet.stop() for route, fleet in fleets.items()}
 
     result: dict[str, object] = {"sockets": args.sockets, "rate": args.rate, "notifies": len(sent),
-                                 "notify_failures": failures}
+                                 "notify_failures": failures, "cpu_share_while_sending": cpu}
     rows, series = [], {}
     for route, times in heard.items():
         lat = [(times[o] - t) * 1000 for o, t in sent.items() if o in times]
@@ -99,6 +117,7 @@ def main() -> None:
         rows.append([route, stats.get("n", 0), missed, stats.get("p50", 0.0), stats.get("p95", 0.0),
                      stats.get("p99", 0.0), stats.get("max", 0.0)])
     print(table(rows, ["route", "heard", "missed", "p50 ms", "p95 ms", "p99 ms", "max ms"]))
+    print("CPU while sending (1.0 = one core): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     save("push_latency", result)
     plot(series, args)
 

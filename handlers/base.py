@@ -43,6 +43,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def initialize(self, services: Services) -> None:
         self.services = services
+        services.requests_in_flight += 1  # shutdown waits for these to finish
+
+    def on_finish(self) -> None:
+        self.services.requests_in_flight -= 1
 
     def get_current_user(self) -> str | None:
         return user_from_cookie(self)

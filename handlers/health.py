@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from pymongo.errors import PyMongoError
 
 from handlers.base import BaseHandler
+from server.metrics import CONTENT_TYPE
 
 
 class HealthzHandler(BaseHandler):
@@ -24,3 +26,13 @@ class ReadyzHandler(BaseHandler):
         ready = all(v == "ok" for v in checks.values())
         self.set_status(200 if ready else 503)
         self.finish({"status": "ready" if ready else "not ready", **checks})
+
+
+class MetricsHandler(BaseHandler):
+    async def get(self) -> None:
+        metrics = self.services.metrics
+        # Store down: keep the last value; /readyz says what is wrong.
+        with contextlib.suppress(PyMongoError):
+            metrics.outbox_backlog.set(await self.services.events.backlog())
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(metrics.render())

@@ -56,10 +56,13 @@ class NotifyHandler(BaseHandler):
         try:
             order_id = await self.services.payments.handle_notify(b"".join(self._chunks))
         except NotifyRejected as exc:
+            self.services.metrics.notifies.labels("rejected").inc()
             return self._reply_fail(str(exc), 400)
         except PyMongoError as exc:
+            self.services.metrics.notifies.labels("storage_unavailable").inc()
             log.warning("notify not recorded, storage unavailable: %s", type(exc).__name__)
             return self._reply_fail("storage unavailable, retry later", 503)
+        self.services.metrics.notifies.labels("acknowledged").inc()
         log.info("notify for %s acknowledged", order_id)
         self._reply({"return_code": "SUCCESS", "return_msg": "OK"})
 

@@ -62,7 +62,8 @@ class PaySocket(tornado.websocket.WebSocketHandler):
             self.close(CLOSE_TOO_MANY, "too many pay pages open")
             return
         order_id = self.get_query_argument("orderId", "")[:64]
-        self.sub = Subscriber(user, order_id, self.services.push_tokens.token(order_id), self)
+        self.sub = Subscriber(user, order_id, self.services.push_tokens.token(order_id), self,
+                              self.services.pushed)
         hub.subscribe(self.sub)
         try:
             order = await self.services.orders.get_owned(user, order_id)

@@ -33,6 +33,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
                         {"path": str(ROOT / "node_modules/@stomp/stompjs/bundles")}),
         tornado.web.url(r"/healthz", health.HealthzHandler, deps),
         tornado.web.url(r"/readyz", health.ReadyzHandler, deps),
+        tornado.web.url(r"/metrics", health.MetricsHandler, deps),
     ]
     if services.simulator is not None:
         routes += simulator_app.routes("/sandbox/wxpay", services.simulator)

@@ -73,10 +73,11 @@ class Bus:
             except Exception:
                 log.exception("reconnect callback failed")
 
-    async def publish_json(self, routing_key: str, payload: dict[str, Any]) -> None:
+    async def publish_json(self, routing_key: str, payload: dict[str, Any],
+                           headers: dict[str, Any] | None = None) -> None:
         """Publish a persistent message to ``paynotify`` and wait for the broker's confirm."""
         await self._publish(self._paynotify, routing_key, json.dumps(payload).encode("utf-8"),
-                            "application/json")
+                            "application/json", headers)
 
     async def publish_to_queue(self, queue: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
         """Publish a persistent message straight to ``queue`` (default exchange), confirmed."""

@@ -24,6 +24,11 @@ from server.store import Store
 log = logging.getLogger(__name__)
 
 CLAIM_SECONDS = 10.0
+# How often the drainer looks for pending events when this process saw no
+# failed publish: the look is a query over the orders, which a busy store
+# should not get every second (bench/push_latency.py showed the stalls).
+IDLE_DRAIN_SECONDS = 30.0
+TRANSITION_AT = "x-paypush-transition-at"  # header: when the order changed, for push latency
 PUBLISH_GRACE = 5.0
 
 
@@ -49,6 +54,8 @@ class OrderEvents:
         self.bus = bus
         self.tokens = tokens
         self.published = 0
+        self._drain_soon = True  # at start-up: another process may have left some
+        self._last_drain = 0.0
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def flush_soon(self, order: dict[str, Any]) -> None:
@@ -63,11 +70,14 @@ class OrderEvents:
         assert self.bus is not None
         kind = order["pending_event"]
         try:
-            await self.bus.publish_json(self.tokens.routing_key(order["_id"]), event_for(order, kind))
+            at = order.get("paid_at") if kind == "paid" else order.get("closed_at")
+            await self.bus.publish_json(self.tokens.routing_key(order["_id"]), event_for(order, kind),
+                                        {TRANSITION_AT: float(at or time.time())})
         except BusUnavailable as exc:
             log.warning("event %s for %s not published yet (%s); the outbox keeps it",
                         kind, order["_id"], exc)
             # Let the drainer have it as soon as the broker is back.
+            self._drain_soon = True
             with contextlib.suppress(PyMongoError):
                 await self.store.orders.update_one({"_id": order["_id"], "pending_event": kind},
                                                    {"$set": {"pending_claim_until": 0}})
@@ -85,6 +95,10 @@ class OrderEvents:
         """Claim and publish pending events whose claim ran out. Returns how many went out."""
         if self.bus is None or not self.bus.is_open:
             return 0
+        now = time.time()
+        if not self._drain_soon and now - self._last_drain < IDLE_DRAIN_SECONDS:
+            return 0
+        self._drain_soon, self._last_drain = False, now
         sent = 0
         for _ in range(limit):
             now = time.time()
@@ -96,6 +110,8 @@ class OrderEvents:
             if not await self._publish(order):
                 break
             sent += 1
+        if sent == limit:
+            self._drain_soon = True  # more where these came from
         return sent
 
     async def backlog(self) -> int:

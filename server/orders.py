@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +140,7 @@ class Orders:
         self.events = events
         self.deadlines = deadlines
         self._tasks: set[asyncio.Task[None]] = set()
+        self.on_transition: Callable[[str], None] = lambda name: None
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
         skus = {d["_id"]: d for d in await self.store.skus.find(
@@ -173,6 +174,7 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if placed is None:
             raise OrderNotFound()  # released by a sweep while we were reserving
+        self.on_transition("created")
         log.info("order %s created by %s: %d fen", order["_id"], user, order["pay_money"])
         if self.deadlines is not None:
             try:
@@ -251,6 +253,7 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.info("order %s paid: %s", order_id, remarks)
+            self.on_transition("paid")
             self.after_transition(order)
             return True, order
         return False, await self.get(order_id)
@@ -289,6 +292,7 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.info("order %s closed: %s", order_id, remarks)
+            self.on_transition("closed")
             await self.release_reservation(order, to=CLOSED)
             self.events.flush_soon(order)
             return True, order
@@ -313,6 +317,7 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.warning("order %s paid after it was closed: compensated", order_id)
+            self.on_transition("compensated")
             self.events.flush_soon(order)
         else:
             order = await self.get(order_id)

@@ -37,22 +37,25 @@ class Subscriber:
     """One pay-page socket. Its queue and relay task exist only while it has
     events to send: an idle waiting browser costs no task, no queue."""
 
-    __slots__ = ("_pending", "_relay", "_started", "last_seen", "last_status", "order_id", "peer", "sent",
-                 "token", "user")
+    __slots__ = ("_pending", "_relay", "_started", "last_seen", "last_status", "on_delivered", "order_id",
+                 "peer", "sent", "token", "user")
 
-    def __init__(self, user: str, order_id: str, token: str, peer: Peer):
+    def __init__(self, user: str, order_id: str, token: str, peer: Peer,
+                 on_delivered: Callable[[float | None], None] | None = None):
+        self.on_delivered = on_delivered
         self.user = user
         self.order_id = order_id
         self.token = token
         self.peer = peer
-        self._pending: deque[dict[str, Any]] | None = None
+        self._pending: deque[tuple[dict[str, Any], float | None]] | None = None
         self._relay: asyncio.Task[None] | None = None
         self._started = False
         self.last_status: str | None = None
         self.last_seen = time.monotonic()
         self.sent = 0
 
-    def offer(self, event: dict[str, Any]) -> bool:
+    def offer(self, event: dict[str, Any], at: float | None = None) -> bool:
+        """Queue ``event`` (``at``: when its transition happened, for the latency metric)."""
         if self._pending is None:
             self._pending = deque()
         if len(self._pending) >= QUEUE_SIZE:
@@ -60,7 +63,7 @@ class Subscriber:
                         self.user, self.order_id)
             self.close(CLOSE_TRY_AGAIN_LATER, "too slow")
             return False
-        self._pending.append(event)
+        self._pending.append((event, at))
         if self._started and self._relay is None:
             self._relay = asyncio.get_running_loop().create_task(self._run())
         return True
@@ -75,20 +78,22 @@ class Subscriber:
     async def _run(self) -> None:
         try:
             while self._pending:
-                event = self._pending.popleft()
+                event, at = self._pending.popleft()
                 # At-least-once delivery and the subscribe-then-read overlap both
                 # produce repeats; a status the page already has is not news.
                 if event.get("status") != self.last_status:
-                    await self._deliver(event)
+                    await self._deliver(event, at)
         finally:
             self._relay = None
             if not self._pending:
                 self._pending = None
 
-    async def _deliver(self, event: dict[str, Any]) -> None:
+    async def _deliver(self, event: dict[str, Any], at: float | None = None) -> None:
         self.last_status = event.get("status")
         await self.peer.send_event(event)
         self.sent += 1
+        if self.on_delivered is not None:
+            self.on_delivered(at)
 
     def ping(self) -> None:
         self.peer.ping_peer()
@@ -149,9 +154,9 @@ class PushHub:
             del self._per_user[sub.user]
         sub.stop()
 
-    def dispatch(self, token: str, event: dict[str, Any]) -> int:
+    def dispatch(self, token: str, event: dict[str, Any], at: float | None = None) -> int:
         """Queue ``event`` for every socket watching ``token``; returns how many took it."""
-        return sum(sub.offer(event) for sub in self._watching(token))
+        return sum(sub.offer(event, at) for sub in self._watching(token))
 
     def subscribers(self) -> list[Subscriber]:
         return [sub for token in list(self._by_token) for sub in self._watching(token)]
@@ -163,15 +168,21 @@ class PushHub:
             if event is not None:
                 sub.offer(event)
 
-    async def keep_alive(self, interval: float) -> None:
+    async def keep_alive(self, interval: float, slices: int = 45) -> None:
         """Ping every socket each ``interval``; close those silent for two.
 
-        One task for the whole process instead of Tornado's ping task per socket.
+        One task for the whole process instead of Tornado's ping task per
+        socket, and staggered: each tick pings one slice, because pinging 10k
+        sockets at once (and reading 10k pongs) stalled pushes for seconds.
         """
+        tick = 0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval / slices)
+            tick = (tick + 1) % slices
             cutoff = time.monotonic() - 2 * interval
             for sub in self.subscribers():
+                if (id(sub) >> 4) % slices != tick:
+                    continue
                 if sub.last_seen < cutoff:
                     self.unsubscribe(sub)
                     sub.close(CLOSE_GOING_AWAY, "ping timeout")

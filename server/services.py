@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from server import catalog
 from server import store as store_mod
 from server.bus import Bus
 from server.events import OrderEvents
+from server.metrics import Metrics
 from server.orders import Orders
 from server.payments import Payments, PushRoutes
 from server.push_hub import PushHub
@@ -28,7 +30,10 @@ from workers import active_query, order_timeout, outbox, paynotify_bridge, sweep
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_SECONDS = 20.0
+# Each ping costs a write, a pong read and an epoll re-registration: at 10k
+# sockets a 20 s interval alone pushed p50 push latency from 17 ms to 800 ms
+# (bench/push_latency.py). 45 s stays under proxies' 60 s idle timeouts.
+KEEPALIVE_SECONDS = 45.0
 
 
 @dataclass
@@ -45,8 +50,27 @@ class Services:
     timeout_queues: TimeoutQueues
     timeouts: Timeouts
     simulator: Simulator | None
+    metrics: Metrics = field(default_factory=Metrics)
+    requests_in_flight: int = 0
     timeout_stats: Counter[str] = field(default_factory=Counter)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        m = self.metrics
+        m.gauge("paypush_open_sockets", "Pay-page sockets open on this process", lambda: len(self.hub))
+        m.gauge("paypush_rabbitmq_reconnects", "RabbitMQ reconnects since start", lambda: self.bus.reconnects)
+        m.gauge("paypush_events_published", "Order events published since start", lambda: self.events.published)
+        m.counter_from("paypush_timeout_outcomes", "Timeout worker decisions", "outcome",
+                       lambda: self.timeouts.outcomes)
+        m.counter_from("paypush_timeout_messages", "Timeout queue messages", "kind",
+                       lambda: dict(self.timeout_stats))
+        self.orders.on_transition = lambda name: m.orders.labels(name).inc()
+
+    def pushed(self, transition_at: float | None) -> None:
+        """A socket got an event: count it, and time it from the order's transition."""
+        self.metrics.pushes.inc()
+        if transition_at is not None:
+            self.metrics.push_latency.observe(max(0.0, time.time() - transition_at))
 
     async def start_workers(self) -> None:
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
@@ -61,6 +85,17 @@ class Services:
             loop.create_task(active_query.run(active), name="active-query"),
             loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive"),
         ]
+
+    async def finish_in_flight(self, within: float) -> None:
+        """Shutdown: take no new timeout messages (unacked ones go back to
+        RabbitMQ), and give running requests and handlers ``within`` seconds."""
+        await self.timeout_queues.stop_consuming()
+        deadline = time.monotonic() + within
+        while (self.requests_in_flight > 0 or self.timeout_queues.in_flight > 0) and time.monotonic() < deadline:  # noqa: ASYNC110 - counters, not events; shutdown only
+            await asyncio.sleep(0.05)
+        if self.requests_in_flight > 0 or self.timeout_queues.in_flight > 0:
+            log.warning("shutdown: %d request(s) and %d timeout message(s) still running; cutting them off",
+                        self.requests_in_flight, self.timeout_queues.in_flight)
 
     async def close(self) -> None:
         """Stop workers, then close connections (sockets are closed by the caller)."""

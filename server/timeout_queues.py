@@ -15,11 +15,12 @@ ORDER_TIMEOUT_SECONDS neither crashes start-up nor loses an order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from server.bus import Bus
 
@@ -42,6 +43,8 @@ class TimeoutQueues:
         self.bus = bus
         self.delay_queue = delay_queue
         self.retry_delays = retry_delays
+        self.in_flight = 0  # messages being handled, so shutdown can let them finish
+        self._consumer: tuple[AbstractQueue, str] | None = None
 
     @staticmethod
     def retry_queue(seconds: int) -> str:
@@ -97,4 +100,12 @@ class TimeoutQueues:
         channel = await self.bus.connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         queue = await channel.declare_queue(TIMEOUT_QUEUE, durable=True)
-        await queue.consume(handle)
+        self._consumer = (queue, await queue.consume(handle))
+
+    async def stop_consuming(self) -> None:
+        if self._consumer is None:
+            return
+        queue, tag = self._consumer
+        self._consumer = None
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError):
+            await queue.cancel(tag)

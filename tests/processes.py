@@ -40,6 +40,7 @@ class ServerProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
+        self.signalled = False
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT, env=self.env,
@@ -51,10 +52,16 @@ class ServerProcess:
             raise RuntimeError(f"paypush did not start:\n{self.output}") from None
         return self
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    def send(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        self.signalled = True
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        """Signal (unless already signalled) and wait for the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None and not self.signalled:
+            self.send(sig)
         out, _ = self.proc.communicate(timeout=timeout)
         self.output += out or ""
         return int(self.proc.returncode)

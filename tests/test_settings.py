@@ -35,6 +35,11 @@ def test_real_credentials_leave_sandbox_and_point_at_wechat() -> None:
     assert cfg.notify_url == "https://shop.example.com/wxpay/notify"
 
 
+def test_sandbox_may_point_at_a_standalone_simulator() -> None:
+    cfg = from_environ({"WXPAY_API_BASE": "http://127.0.0.1:8899"})
+    assert cfg.sandbox and cfg.wxpay_api_base == "http://127.0.0.1:8899"
+
+
 def test_secrets_never_show_in_repr() -> None:
     text = repr(from_environ({**REAL, "STOMP_PASSCODE": "p" * 12}))
     for secret in ("k" * 32, "c" * 40, "p" * 12):
@@ -54,6 +59,14 @@ def test_secrets_never_show_in_repr() -> None:
     ({"ORDER_TIMEOUT_SECONDS": "0"}, "ORDER_TIMEOUT_SECONDS"),
     ({"SANDBOX": "maybe"}, "SANDBOX"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({**REAL, "WXPAY_KEY": settings_mod.SANDBOX_KEY}, "sandbox WeChat Pay credentials"),
+    ({**REAL, "WXPAY_APPID": settings_mod.SANDBOX_APPID}, "sandbox WeChat Pay credentials"),
+    ({"WXPAY_API_BASE": "https://api.mch.weixin.qq.com"}, "sandbox WeChat Pay credentials"),
+    ({**REAL, "PUBLIC_URL": "http://127.0.0.1:8888"}, "PUBLIC_URL"),
+    ({**REAL, "PUBLIC_URL": "https://localhost"}, "PUBLIC_URL"),
+    ({**REAL, "PUBLIC_URL": "http://[::1]:8080"}, "PUBLIC_URL"),
+    ({"TIMEOUT_RETRY_DELAYS": "5,soon"}, "TIMEOUT_RETRY_DELAYS"),
+    ({"PUSH_ROUTE": "carrier-pigeon"}, "PUSH_ROUTE"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=names):

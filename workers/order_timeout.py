@@ -26,6 +26,13 @@ def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
         stats["received"] += 1
         if message.redelivered:
             stats["redelivered"] += 1
+        queues.in_flight += 1
+        try:
+            await _handle(message)
+        finally:
+            queues.in_flight -= 1
+
+    async def _handle(message: AbstractIncomingMessage) -> None:
         # requeue on an unexpected failure (nothing acked it), after a pause so a
         # poison message cannot spin.
         async with message.process(requeue=True, ignore_processed=True):

@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pymongo.errors import PyMongoError
 
 from server.bus import Bus
-from server.events import event_for
+from server.events import TRANSITION_AT, event_for
 from server.orders import VISIBLE, Orders
 from server.push_hub import PushHub
 
@@ -35,8 +35,9 @@ def make_handler(hub: PushHub) -> Callable[[AbstractIncomingMessage], Awaitable[
             except ValueError:
                 log.warning("paynotify message on %s is not JSON; dropped", key)
                 return
+            at = (message.headers or {}).get(TRANSITION_AT)
             if isinstance(event, dict):
-                hub.dispatch(key[len("order."):], event)
+                hub.dispatch(key[len("order."):], event, at if isinstance(at, float) else None)
 
     return handle
 

@@ -1,0 +1,44 @@
+"""Prometheus metrics: one registry per process, counters fed where things happen,
+gauges read from the live objects when scraped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.notifies = Counter("paypush_notifies", "WeChat notifies by outcome", ["outcome"], registry=r)
+        self.pushes = Counter("paypush_pushes", "Events written to pay-page sockets", registry=r)
+        self.push_latency = Histogram(
+            "paypush_push_latency_seconds", "From the order's transition to the socket write", registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.orders = Counter("paypush_orders", "Orders by transition", ["transition"], registry=r)
+        self.outbox_backlog = Gauge("paypush_outbox_backlog", "Order events not yet published", registry=r)
+
+    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        Gauge(name, doc, registry=self.registry).set_function(read)
+
+    def counter_from(self, name: str, doc: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        """Expose a dict of running totals kept elsewhere as a labelled counter."""
+        registry = self.registry
+
+        class _Collector:
+            def collect(self):  # type: ignore[no-untyped-def]
+                from prometheus_client.core import CounterMetricFamily
+
+                family = CounterMetricFamily(name, doc, labels=[label])
+                for key, value in sorted(read().items()):
+                    family.add_metric([key], value)
+                yield family
+
+        registry.register(_Collector())  # type: ignore[arg-type]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
