@@ -97,7 +97,7 @@ async def test_keep_alive_pings_the_live_and_closes_the_silent() -> None:
     for s in subs:
         hub.subscribe(s)
     subs[1].last_seen -= 60  # no pong for a minute
-    task = asyncio.get_running_loop().create_task(hub.keep_alive(0.05))
+    task = asyncio.get_running_loop().create_task(hub.keep_alive(0.05, slices=2))
     await asyncio.sleep(0.08)
     task.cancel()
     assert live.pings >= 1 and live.closed is None
