@@ -223,3 +223,21 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     lines = [" | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def new_plot():  # type: ignore[no-untyped-def]
+    """A figure and axes for a result plot (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4))
+
+
+def save_plot(fig, name: str) -> Path:  # type: ignore[no-untyped-def]
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    return path

@@ -25,7 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import RESULTS, notify_body, percentiles, running_stack, save, table
+from bench.harness import RESULTS, new_plot, notify_body, percentiles, running_stack, save, save_plot, table
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -154,12 +154,7 @@ def main() -> None:
 
 
 def plot(results: list[dict[str, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_plot()
     c = [r["concurrency"] for r in results]
     ax.plot(c, [r["rate"] for r in results], "o-", color="tab:green", label="notifies/s")
     ax.axhline(300, color="grey", ls="--", lw=1, label="target: 300/s")
@@ -171,9 +166,7 @@ def plot(results: list[dict[str, float]]) -> None:
     ax2.set_ylabel("p99 latency (ms)")
     fig.legend(loc="upper left", fontsize=8)
     ax.set_title("Notify throughput, one process, embedded MongoDB")
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "notify_throughput.png", dpi=110)
+    save_plot(fig, "notify_throughput")
 
 
 if __name__ == "__main__":

@@ -22,13 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.clients import ClientFleet, Job, split
 from bench.harness import (
-    RESULTS,
     cookie,
     ensure_rabbitmq_sockets,
+    new_plot,
     notify_body,
     percentiles,
     running_stack,
     save,
+    save_plot,
     table,
 )
 from bench.notify_throughput import cpu_seconds
@@ -123,12 +124,7 @@ def main() -> None:
 
 
 def plot(series: dict[str, list[float]], args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_plot()
     for route, lat in series.items():
         ordered = sorted(lat)
         if ordered:
@@ -139,9 +135,7 @@ def plot(series: dict[str, list[float]], args: argparse.Namespace) -> None:
     ax.set_ylabel("percent of payments")
     ax.set_title(f"Push latency, {args.sockets} waiting pages per route, {args.rate:.0f} notifies/s")
     ax.legend()
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "push_latency.png", dpi=110)
+    save_plot(fig, "push_latency")
 
 
 if __name__ == "__main__":

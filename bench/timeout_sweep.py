@@ -21,7 +21,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import RESULTS, cookie, percentiles, running_stack, save, table
+from bench.harness import cookie, new_plot, percentiles, running_stack, save, save_plot, table
 
 
 async def create_orders(base_url: str, n: int) -> list[str]:
@@ -81,21 +81,14 @@ def main() -> None:
 
 
 def plot(lag: list[float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_plot()
     ax.hist(lag, bins=40, color="tab:blue")
     ax.axvline(30, color="grey", ls="--", lw=1, label="target: within 30 s")
     ax.set_xlabel("closed_at - deadline (s)")
     ax.set_ylabel("orders")
     ax.set_title(f"Timeout sweep: {len(lag)} expired orders")
     ax.legend()
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "timeout_sweep.png", dpi=110)
+    save_plot(fig, "timeout_sweep")
 
 
 if __name__ == "__main__":

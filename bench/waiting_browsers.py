@@ -24,10 +24,12 @@ from bench.harness import (
     ROOT,
     cookie,
     ensure_rabbitmq_sockets,
+    new_plot,
     rabbitmq_memory_kib,
     rss_kib,
     running_stack,
     save,
+    save_plot,
     table,
 )
 from server.embedded_mongo import free_port
@@ -134,12 +136,7 @@ def main() -> None:
 
 
 def plot(rows: list[list[float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_plot()
     n = [r[0] for r in rows]
     ax.plot(n, [r[1] for r in rows], "o-", label="bare Tornado (server RSS)")
     ax.plot(n, [r[2] for r in rows], "o-", label="paypush /ws/pay (server RSS)")
@@ -150,9 +147,7 @@ def plot(rows: list[list[float]]) -> None:
     ax.set_ylabel("memory per waiting browser (KiB, log)")
     ax.set_title("Memory per waiting pay page")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    fig.savefig(RESULTS / "waiting_browsers.png", dpi=110)
+    save_plot(fig, "waiting_browsers")
     print(f"plot: {(RESULTS / 'waiting_browsers.png').relative_to(ROOT)}")
 
 
