@@ -1,0 +1,47 @@
+"""/metrics counts what happened, in Prometheus text format; probes answer."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.notify_client import post_notify, signed_notify
+from tests.shopper import Shopper
+from tests.sockets import PageSocket
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
+    match = re.search("^" + pattern + "$", text, re.M)
+    assert match, f"{name}{{{labels}}} missing from /metrics"
+    return float(match.group(1))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_follow_a_payment(shopper: Shopper, base_url: str) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    await sock.next()
+    await post_notify(base_url, signed_notify(order))
+    await post_notify(base_url, b"<xml><sign>forged</sign></xml>")
+    assert (await sock.next())["type"] == "paid"
+    status, text = await shopper.request("GET", "/metrics")
+    assert status == 200
+    assert sample(text, "paypush_open_sockets") == 1
+    assert sample(text, "paypush_notifies_total", 'outcome="acknowledged"') == 1
+    assert sample(text, "paypush_notifies_total", 'outcome="rejected"') == 1
+    assert sample(text, "paypush_orders_total", 'transition="created"') == 1
+    assert sample(text, "paypush_orders_total", 'transition="paid"') == 1
+    assert sample(text, "paypush_pushes_total") == 2  # the state, then paid
+    assert sample(text, "paypush_push_latency_seconds_count") == 1
+    assert sample(text, "paypush_outbox_backlog") == 0
+    assert sample(text, "paypush_rabbitmq_reconnects") == 0
+    assert "paypush_timeout_outcomes" in text
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_probes(shopper: Shopper) -> None:
+    assert await shopper.request("GET", "/healthz") == (200, {"status": "ok"})
+    assert await shopper.request("GET", "/readyz") == (200, {"status": "ready", "mongodb": "ok",
+                                                             "rabbitmq": "ok"})
