@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -52,16 +51,15 @@ async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: st
 
         traffic = asyncio.gather(*(staggered(i, o) for i, o in enumerate(orders)))
         await asyncio.sleep(0.4)
-        stopped_at = time.monotonic()
         server.send(signal.SIGTERM)
         replies = await traffic
-        code = await asyncio.get_running_loop().run_in_executor(None, server.stop)
-        took = time.monotonic() - stopped_at
+        # Orchestrators kill after a grace period: the process must be gone
+        # within 10 s of the signal (stop() raises TimeoutExpired otherwise).
+        code = await asyncio.get_running_loop().run_in_executor(None, lambda: server.stop(timeout=10))
     finally:
         await shopper.close()
 
     assert code == 0, server.output
-    assert took < 10, f"shutdown took {took:.1f}s"
     assert "Traceback" not in server.output, server.output
     while (event := await sock.next()) is not None:  # order 0 may have been paid first
         assert event["type"] == "paid"
