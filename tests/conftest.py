@@ -99,6 +99,20 @@ def app(services: Services) -> tornado.web.Application:
 
 
 @pytest.fixture
+def mallory(http_server, base_url: str, io_loop, services: Services) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
+    """Another user, logged in: someone who must not see the demo user's orders."""
+    from server.users import create_user
+
+    async def make() -> Shopper:
+        await create_user(services.store, "mallory", "mallory-pass-1")
+        return await Shopper.logged_in(base_url, "mallory", "mallory-pass-1")
+
+    s = io_loop.run_sync(make)
+    yield s
+    io_loop.run_sync(s.close)
+
+
+@pytest.fixture
 def shopper(http_server, base_url: str, io_loop) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
     """The demo user, logged in."""
     s = io_loop.run_sync(lambda: Shopper.logged_in(base_url, "demo", "demo-pass-123"))

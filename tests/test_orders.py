@@ -111,20 +111,13 @@ async def test_non_json_body_is_a_400(shopper: Shopper) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_another_users_order_is_not_found(shopper: Shopper, base_url: str, services: Services) -> None:
-    from server.users import create_user
-
+async def test_another_users_order_is_not_found(shopper: Shopper, mallory: Shopper) -> None:
     order = await shopper.order([("fan-silk", 1)])
-    await create_user(services.store, "mallory", "mallory-pass-1")
-    mallory = await Shopper.logged_in(base_url, "mallory", "mallory-pass-1")
-    try:
-        for path in (f"/api/orders/{order['id']}", f"/wxpay/createNative?orderId={order['id']}"):
-            status, body = await mallory.request("GET", path)
-            assert status == 404 and body == {"error": "no such order"}
-        status, _ = await mallory.request("GET", f"/weixinpay.html?orderId={order['id']}")
-        assert status == 404
-    finally:
-        await mallory.close()
+    for path in (f"/api/orders/{order['id']}", f"/wxpay/createNative?orderId={order['id']}"):
+        status, body = await mallory.request("GET", path)
+        assert status == 404 and body == {"error": "no such order"}
+    status, _ = await mallory.request("GET", f"/weixinpay.html?orderId={order['id']}")
+    assert status == 404
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -8,7 +8,6 @@ import pytest
 import tornado.httpclient
 
 from server.services import Services
-from server.users import create_user
 from tests.notify_client import post_notify, signed_notify
 from tests.shopper import Shopper
 from tests.sockets import PageSocket
@@ -40,19 +39,15 @@ async def test_socket_opened_after_payment_gets_paid_at_once(shopper: Shopper, b
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_only_the_owner_may_listen(shopper: Shopper, base_url: str, services: Services) -> None:
+async def test_only_the_owner_may_listen(shopper: Shopper, mallory: Shopper, base_url: str,
+                                        services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
-    await create_user(services.store, "mallory", "mallory-pass-1")
-    mallory = await Shopper.logged_in(base_url, "mallory", "mallory-pass-1")
-    try:
-        for who, code in ((mallory, 4404), (None, 4401)):
-            sock = await PageSocket.open(base_url, order["id"], who)
-            assert await sock.next() is None
-            assert sock.close_code == code
-        sock = await PageSocket.open(base_url, "no-such-order", shopper)
-        assert await sock.next() is None and sock.close_code == 4404
-    finally:
-        await mallory.close()
+    for who, code in ((mallory, 4404), (None, 4401)):
+        sock = await PageSocket.open(base_url, order["id"], who)
+        assert await sock.next() is None
+        assert sock.close_code == code
+    sock = await PageSocket.open(base_url, "no-such-order", shopper)
+    assert await sock.next() is None and sock.close_code == 4404
     assert len(services.hub) == 0
 
 
