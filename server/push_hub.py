@@ -38,7 +38,7 @@ class Subscriber:
     events to send: an idle waiting browser costs no task, no queue."""
 
     __slots__ = ("_pending", "_relay", "_started", "last_seen", "last_status", "on_delivered", "order_id",
-                 "peer", "sent", "token", "user")
+                 "peer", "token", "user")
 
     def __init__(self, user: str, order_id: str, token: str, peer: Peer,
                  on_delivered: Callable[[float | None], None] | None = None):
@@ -52,7 +52,6 @@ class Subscriber:
         self._started = False
         self.last_status: str | None = None
         self.last_seen = time.monotonic()
-        self.sent = 0
 
     def offer(self, event: dict[str, Any], at: float | None = None) -> bool:
         """Queue ``event`` (``at``: when its transition happened, for the latency metric)."""
@@ -91,7 +90,6 @@ class Subscriber:
     async def _deliver(self, event: dict[str, Any], at: float | None = None) -> None:
         self.last_status = event.get("status")
         await self.peer.send_event(event)
-        self.sent += 1
         if self.on_delivered is not None:
             self.on_delivered(at)
 
@@ -159,7 +157,14 @@ class PushHub:
         return sum(sub.offer(event, at) for sub in self._watching(token))
 
     def subscribers(self) -> list[Subscriber]:
-        return [sub for token in list(self._by_token) for sub in self._watching(token)]
+        # Walked every keep-alive tick: no throwaway set per token.
+        subs: list[Subscriber] = []
+        for entry in self._by_token.values():
+            if isinstance(entry, set):
+                subs.extend(entry)
+            else:
+                subs.append(entry)
+        return subs
 
     async def resync(self, current_event: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
         """Offer every socket its order's state again (events may have passed us by)."""
