@@ -51,6 +51,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rabbitmq_pid() -> int:
+    out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, timeout=10).stdout
+    return int(out.split()[0])
+
+
 def rabbitmq_memory_kib() -> int:
     """Total memory RabbitMQ reports (``rabbitmqctl status``), in KiB."""
     out = subprocess.run(["rabbitmqctl", "status", "--formatter", "json"], capture_output=True,

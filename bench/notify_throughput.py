@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import shutil
 import subprocess
 import sys
@@ -25,14 +24,17 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import RESULTS, new_plot, notify_body, percentiles, running_stack, save, save_plot, table
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+from bench.harness import (
+    RESULTS,
+    cpu_seconds,
+    new_plot,
+    notify_body,
+    percentiles,
+    running_stack,
+    save,
+    save_plot,
+    table,
+)
 
 
 async def load(base_url: str, orders: list[tuple[str, int]], concurrency: int,
@@ -65,11 +67,6 @@ async def load(base_url: str, orders: list[tuple[str, int]], concurrency: int,
     return {"concurrency": concurrency, "rate": len(latencies) / elapsed, "errors": errors, **stats}
 
 
-def nx_pid(stack) -> int:  # type: ignore[no-untyped-def]
-    assert stack.mongo._proc is not None
-    return stack.mongo._proc.pid
-
-
 def profile(stack, orders: list[tuple[str, int]], concurrency: int, seconds: float) -> dict[str, object]:  # type: ignore[no-untyped-def]
     """py-spy samples the server while it is under load; returns where the samples fall."""
     out = RESULTS / "notify_profile.txt"
@@ -77,9 +74,9 @@ def profile(stack, orders: list[tuple[str, int]], concurrency: int, seconds: flo
     spy = subprocess.Popen([pyspy, "record", "--pid", str(stack.server_pid), "--duration", str(int(seconds)),
                             "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server_cpu, nx_cpu = cpu_seconds(stack.server_pid), cpu_seconds(nx_pid(stack))
+    server_cpu, nx_cpu = cpu_seconds(stack.server_pid), cpu_seconds(stack.mongo_pid)
     asyncio.run(load(stack.base_url, orders, concurrency, seconds))
-    server_cpu, nx_cpu = cpu_seconds(stack.server_pid) - server_cpu, cpu_seconds(nx_pid(stack)) - nx_cpu
+    server_cpu, nx_cpu = cpu_seconds(stack.server_pid) - server_cpu, cpu_seconds(stack.mongo_pid) - nx_cpu
     spy.wait(60)
     return {"server_cpu_share": server_cpu / seconds, "mongo_cpu_share": nx_cpu / seconds,
             **summarise(out)}

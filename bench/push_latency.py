@@ -23,23 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.clients import ClientFleet, Job, split
 from bench.harness import (
     cookie,
+    cpu_seconds,
     ensure_rabbitmq_sockets,
     new_plot,
     notify_body,
     percentiles,
+    rabbitmq_pid,
     running_stack,
     save,
     save_plot,
     table,
 )
-from bench.notify_throughput import cpu_seconds
 from server.push_tokens import PushTokens
-
-
-def beam_pid() -> int:
-    import subprocess
-
-    return int(subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()[0])
 
 PROCS = 2  # per route
 
@@ -97,7 +92,7 @@ def main() -> None:
         print(f"{opened} sockets open ({args.sockets} per route: {', '.join(fleets)}); sending "
               f"{args.rate:.0f} notifies/s for {args.seconds:.0f}s", flush=True)
         time.sleep(2)
-        pids = {"paypush": stack.server_pid, "nx-27017 (MongoDB)": stack.mongo_pid, "RabbitMQ": beam_pid()}
+        pids = {"paypush": stack.server_pid, "nx-27017 (MongoDB)": stack.mongo_pid, "RabbitMQ": rabbitmq_pid()}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         sent, failures = asyncio.run(send_notifies(stack.base_url, orders, args.rate, args.seconds))
