@@ -115,6 +115,29 @@ def notify_body(order_id: str, total_fee: int) -> bytes:
     return xmlcodec.render(signing.signed(fields, settings_mod.SANDBOX_KEY))
 
 
+def gc_pauses(base_url: str) -> dict[str, dict[str, float]]:
+    """The server's garbage-collector pauses so far, per generation, from /metrics:
+    how many, their total, and how many took over 10 ms."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("paypush_gc_pause_seconds"):
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        gen = name_labels.split('generation="')[1].split('"')[0]
+        entry = out.setdefault(gen, {})
+        if name_labels.startswith("paypush_gc_pause_seconds_count"):
+            entry["count"] = float(value)
+        elif name_labels.startswith("paypush_gc_pause_seconds_sum"):
+            entry["total_ms"] = float(value) * 1000
+        elif 'le="0.01"' in name_labels:
+            entry["within_10ms"] = float(value)
+    for entry in out.values():
+        entry["over_10ms"] = entry.get("count", 0) - entry.pop("within_10ms", 0)
+    return out
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -3,7 +3,10 @@ gauges read from the live objects when scraped."""
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -21,6 +24,29 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.orders = Counter("paypush_orders", "Orders by transition", ["transition"], registry=r)
         self.outbox_backlog = Gauge("paypush_outbox_backlog", "Order events not yet published", registry=r)
+        # A full collection walks every live object: with 10k sockets open it
+        # is the one stall in this process that no await can interleave with.
+        self.gc_pause = Histogram(
+            "paypush_gc_pause_seconds", "Garbage collector pauses by generation", ["generation"], registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25))
+        for generation in range(3):  # series exist from the start, so rates work
+            self.gc_pause.labels(str(generation))
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> None:
+        """Time every collection (``gc.callbacks``); undone by ``unwatch_gc``."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(read)

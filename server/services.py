@@ -73,6 +73,7 @@ class Services:
             self.metrics.push_latency.observe(max(0.0, time.time() - transition_at))
 
     async def start_workers(self) -> None:
+        self.metrics.watch_gc()
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
         await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats)
         cfg = self.settings
@@ -99,6 +100,7 @@ class Services:
 
     async def close(self) -> None:
         """Stop workers, then close connections (sockets are closed by the caller)."""
+        self.metrics.unwatch_gc()
         for task in self._workers:
             task.cancel()
         for task in self._workers:

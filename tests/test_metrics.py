@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 
 import pytest
@@ -50,3 +51,14 @@ async def test_probes(shopper: Shopper) -> None:
     assert await shopper.request("GET", "/healthz") == (200, {"status": "ok"})
     assert await shopper.request("GET", "/readyz") == (200, {"status": "ready", "mongodb": "ok",
                                                              "rabbitmq": "ok"})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_metrics_time_garbage_collections(shopper: Shopper) -> None:
+    """The server runs in this process: a full collection here is one it must have timed."""
+    _, before = await shopper.request("GET", "/metrics")
+    gc.collect(2)
+    _, after = await shopper.request("GET", "/metrics")
+    name = "paypush_gc_pause_seconds_count"
+    assert sample(after, name, 'generation="2"') >= sample(before, name, 'generation="2"') + 1
+    assert sample(after, "paypush_gc_pause_seconds_sum", 'generation="2"') > 0
