@@ -25,6 +25,7 @@ from bench.harness import (
     cookie,
     cpu_seconds,
     ensure_rabbitmq_sockets,
+    gc_pauses,
     new_plot,
     notify_body,
     percentiles,
@@ -40,9 +41,11 @@ PROCS = 2  # per route
 
 
 async def send_notifies(base_url: str, orders: list[tuple[str, int]], rate: float,
-                        seconds: float) -> tuple[dict[str, float], int]:
-    """Fire notifies at ``rate``/s; returns send time per order and how many failed."""
+                        seconds: float) -> tuple[dict[str, float], list[float], int]:
+    """Fire notifies at ``rate``/s; returns send time per order, each notify's
+    round trip (ms) and how many failed."""
     sent: dict[str, float] = {}
+    round_trips: list[float] = []
     failures = 0
     chosen = random.Random(1).sample(orders, min(len(orders), int(rate * seconds)))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -54,6 +57,7 @@ async def send_notifies(base_url: str, orders: list[tuple[str, int]], rate: floa
             async with http.post(base_url + "/wxpay/notify", data=body) as resp:
                 if b"SUCCESS" not in await resp.read():
                     failures += 1
+            round_trips.append((time.time() - sent[order_id]) * 1000)
 
         start = time.perf_counter()
         tasks = []
@@ -63,7 +67,7 @@ async def send_notifies(base_url: str, orders: list[tuple[str, int]], rate: floa
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(order_id, fee)))
         await asyncio.gather(*tasks)
-    return sent, failures
+    return sent, round_trips, failures
 
 
 def main() -> None:
@@ -94,15 +98,21 @@ def main() -> None:
         time.sleep(2)
         pids = {"paypush": stack.server_pid, "nx-27017 (MongoDB)": stack.mongo_pid, "RabbitMQ": rabbitmq_pid()}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        gc_before = gc_pauses(stack.base_url)
         started = time.monotonic()
-        sent, failures = asyncio.run(send_notifies(stack.base_url, orders, args.rate, args.seconds))
+        sent, round_trips, failures = asyncio.run(send_notifies(stack.base_url, orders, args.rate, args.seconds))
         elapsed = time.monotonic() - started
         cpu = {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
         time.sleep(3)
+        gc_after = gc_pauses(stack.base_url)
         heard = {route: fleet.stop() for route, fleet in fleets.items()}
+    gc_while = {gen: {k: v - gc_before.get(gen, {}).get(k, 0) for k, v in stats.items()}
+                for gen, stats in gc_after.items()}
 
     result: dict[str, object] = {"sockets": args.sockets, "rate": args.rate, "notifies": len(sent),
-                                 "notify_failures": failures, "cpu_share_while_sending": cpu}
+                                 "notify_failures": failures, "cpu_share_while_sending": cpu,
+                                 "server_gc_pauses": gc_while,
+                                 "notify_round_trip": percentiles(round_trips)}
     rows, series = [], {}
     for route, times in heard.items():
         lat = [(times[o] - t) * 1000 for o, t in sent.items() if o in times]
@@ -114,6 +124,12 @@ def main() -> None:
                      stats.get("p99", 0.0), stats.get("max", 0.0)])
     print(table(rows, ["route", "heard", "missed", "p50 ms", "p95 ms", "p99 ms", "max ms"]))
     print("CPU while sending (1.0 = one core): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    rt = percentiles(round_trips)
+    print(f"notify round trip (part of the above): p50 {rt.get('p50', 0):.1f} ms, p99 {rt.get('p99', 0):.1f} ms, "
+          f"max {rt.get('max', 0):.1f} ms")
+    print("paypush GC pauses while sending: " + ", ".join(
+        f"gen{g} {s['count']:.0f} ({s['total_ms']:.0f} ms in all, {s['over_10ms']:.0f} over 10 ms)"
+        for g, s in sorted(gc_while.items())))
     save("push_latency", result)
     plot(series, args)
 
