@@ -115,6 +115,9 @@ class PushHub:
         # twice: most orders have one page, and a set costs ~240 bytes.
         self._by_token: dict[str, Subscriber | set[Subscriber]] = {}
         self._per_user: Counter[str] = Counter()
+        # Told of every new subscriber (the active-query backstop), so nobody
+        # has to walk all of them to find the new ones.
+        self.on_subscribe: Callable[[Subscriber], None] = lambda sub: None
 
     def __len__(self) -> int:
         return sum(self._per_user.values())
@@ -122,7 +125,7 @@ class PushHub:
     def can_open(self, user: str) -> bool:
         return self._per_user[user] < self.max_sockets_per_user
 
-    def _watching(self, token: str) -> set[Subscriber]:
+    def watching(self, token: str) -> set[Subscriber]:
         entry = self._by_token.get(token)
         if entry is None:
             return set()
@@ -137,9 +140,10 @@ class PushHub:
         else:
             self._by_token[sub.token] = {entry, sub}
         self._per_user[sub.user] += 1
+        self.on_subscribe(sub)
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        subs = self._watching(sub.token)
+        subs = self.watching(sub.token)
         if sub not in subs:
             return
         subs.discard(sub)
@@ -154,7 +158,7 @@ class PushHub:
 
     def dispatch(self, token: str, event: dict[str, Any], at: float | None = None) -> int:
         """Queue ``event`` for every socket watching ``token``; returns how many took it."""
-        return sum(sub.offer(event, at) for sub in self._watching(token))
+        return sum(sub.offer(event, at) for sub in self.watching(token))
 
     def subscribers(self) -> list[Subscriber]:
         # Walked every keep-alive tick: no throwaway set per token.
@@ -173,26 +177,36 @@ class PushHub:
             if event is not None:
                 sub.offer(event)
 
-    async def keep_alive(self, interval: float, slices: int = 45) -> None:
-        """Ping every socket each ``interval``; close those silent for two.
+    async def keep_alive(self, interval: float, tick: float = 0.1) -> None:
+        """Ping every socket once per ``interval``; close those silent for two.
 
         One task for the whole process instead of Tornado's ping task per
-        socket, and staggered: each tick pings one slice, because pinging 10k
-        sockets at once (and reading 10k pongs) stalled pushes for seconds.
+        socket, spread evenly: each ``tick`` pings the next few sockets of a
+        round. Bursts of pings (and of the pongs they bring back) delay the
+        pushes queued behind them (bench/push_latency.py), and walking every
+        socket each tick costs milliseconds at 10k, so a round works through a
+        snapshot of the tokens: a page gone meanwhile is simply not found.
         """
-        tick = 0
+        loop = asyncio.get_running_loop()
+        ticks = max(1, round(interval / tick))
         while True:
-            await asyncio.sleep(interval / slices)
-            tick = (tick + 1) % slices
-            cutoff = time.monotonic() - 2 * interval
-            for sub in self.subscribers():
-                if (id(sub) >> 4) % slices != tick:
-                    continue
-                if sub.last_seen < cutoff:
-                    self.unsubscribe(sub)
-                    sub.close(CLOSE_GOING_AWAY, "ping timeout")
-                else:
-                    sub.ping()
+            tokens = list(self._by_token)
+            if not tokens:
+                await asyncio.sleep(tick)
+                continue
+            per_tick = -(-len(tokens) // ticks)
+            started = loop.time()
+            for n, first in enumerate(range(0, len(tokens), per_tick), start=1):
+                await asyncio.sleep(max(0.0, started + n * tick - loop.time()))
+                cutoff = time.monotonic() - 2 * interval
+                for token in tokens[first:first + per_tick]:
+                    for sub in tuple(self.watching(token)):
+                        if sub.last_seen < cutoff:
+                            self.unsubscribe(sub)
+                            sub.close(CLOSE_GOING_AWAY, "ping timeout")
+                        else:
+                            sub.ping()
+            await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server shutting down") -> None:
         for sub in self.subscribers():

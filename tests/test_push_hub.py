@@ -97,9 +97,25 @@ async def test_keep_alive_pings_the_live_and_closes_the_silent() -> None:
     for s in subs:
         hub.subscribe(s)
     subs[1].last_seen -= 60  # no pong for a minute
-    task = asyncio.get_running_loop().create_task(hub.keep_alive(0.05, slices=2))
+    task = asyncio.get_running_loop().create_task(hub.keep_alive(0.05, tick=0.01))
     await asyncio.sleep(0.08)
     task.cancel()
     assert live.pings >= 1 and live.closed is None
     assert dead.closed == (1001, "ping timeout")
     assert len(hub) == 1
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_keep_alive_spreads_its_pings_over_the_interval() -> None:
+    hub = PushHub(100)
+    pages = [Page() for _ in range(20)]
+    for i, page in enumerate(pages):
+        hub.subscribe(Subscriber("u", f"o{i}", f"t{i}", page))
+    task = asyncio.get_running_loop().create_task(hub.keep_alive(0.25, tick=0.05))  # 5 ticks of 4 pings
+    await asyncio.sleep(0.075)
+    early = sum(p.pings for p in pages)
+    await asyncio.sleep(0.2)
+    task.cancel()
+    assert 0 < early < 20, "a round pings a few sockets per tick, not all at once"
+    assert [p.pings for p in pages] == [1] * 20
+    hub.close_all()
