@@ -38,3 +38,40 @@ async def test_no_page_no_query(shopper: Shopper) -> None:
     await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"], "notify": {"drop": True}})
     await asyncio.sleep(4)
     assert (await shopper.get_order(order["id"]))["status"] == "unpaid"
+
+
+class _Page:
+    async def send_event(self, event: object) -> None: ...
+
+    def close_from_hub(self, code: int, reason: str) -> None: ...
+
+    def ping_peer(self) -> None: ...
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_pass_looks_only_at_due_pages_still_waiting(services) -> None:  # type: ignore[no-untyped-def]
+    """Bookkeeping of the backstop: new pages are learnt from the hub as they
+    open, a pass takes at most PER_PASS of them, and an order nobody waits on
+    any more is forgotten (and learnt again if a page reopens)."""
+    from server.push_hub import PushHub, Subscriber
+    from workers.active_query import PER_PASS, ActiveQuery
+
+    hub = PushHub(1000)
+    active = ActiveQuery(hub, services.orders, services.payments, after=0.0)
+    subs = [Subscriber("u", f"order{i}", f"tok{i}", _Page()) for i in range(PER_PASS + 5)]
+    for sub in subs:
+        sub.last_status = "unpaid"
+        hub.subscribe(sub)
+    hub.subscribe(Subscriber("u", "order0", "tok0", _Page()))  # a second page: still one entry
+    assert len(active._due) == PER_PASS + 5
+    subs[0].last_status = "paid"
+    hub.unsubscribe(subs[1])
+    await active.tick()
+    # Every order had its look (none is in MongoDB, so no WeChat call); order1
+    # has no page left: it is forgotten, the rest come back later.
+    assert "order1" not in active._interval
+    assert len(active._due) == PER_PASS + 4 - 1
+    await active.tick()
+    hub.unsubscribe(subs[2])
+    hub.subscribe(subs[1])
+    assert "order1" in active._interval
