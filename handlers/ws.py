@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.websocket
-from tornado.httputil import HTTPHeaders
 from pymongo.errors import PyMongoError
+from tornado.httputil import HTTPHeaders
 
 from handlers.base import user_from_cookie_header
 from server.events import event_for

@@ -5,6 +5,11 @@ update, so the event is as durable as the transition. Whoever holds the claim
 publishes it (with confirms) and clears it; if RabbitMQ is down the claim runs
 out and the outbox drainer publishes it later. Delivery is at least once; the
 pay page and the WebSocket relay ignore a status they already have.
+
+The process that made the transition also hands the event straight to its own
+pay-page sockets (``deliver_locally``): they hear it without the round trip
+through RabbitMQ, and even while RabbitMQ is down. The copy that comes back
+through the bridge is then a repeat, which the relay drops.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import PyMongoError
@@ -43,6 +49,11 @@ def event_for(order: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
             "total_fee": int(order["pay_money"])}
 
 
+def transition_time(order: dict[str, Any], kind: str) -> float:
+    at = order.get("paid_at") if kind == "paid" else order.get("closed_at")
+    return float(at or time.time())
+
+
 def outbox_fields(event: str) -> dict[str, Any]:
     """Fields to ``$set`` in the transition that makes ``event`` happen."""
     return {"pending_event": event, "pending_claim_until": time.time() + CLAIM_SECONDS}
@@ -57,10 +68,17 @@ class OrderEvents:
         self._drain_soon = True  # at start-up: another process may have left some
         self._last_drain = 0.0
         self._tasks: set[asyncio.Task[bool]] = set()
+        # (push token, event, transition time): this process's sockets for that token.
+        self.deliver_locally: Callable[[str, dict[str, Any], float], object] = lambda token, event, at: None
 
     def flush_soon(self, order: dict[str, Any]) -> None:
-        """Publish the order's pending event in the background (the caller holds the claim)."""
-        if self.bus is None or not order.get("pending_event"):
+        """Give the order's pending event to this process's sockets, and publish
+        it in the background (the caller holds the claim)."""
+        kind = order.get("pending_event")
+        if not kind:
+            return
+        self.deliver_locally(self.tokens.token(order["_id"]), event_for(order, kind), transition_time(order, kind))
+        if self.bus is None:
             return
         task = asyncio.get_running_loop().create_task(self._publish(order))
         self._tasks.add(task)
@@ -70,9 +88,8 @@ class OrderEvents:
         assert self.bus is not None
         kind = order["pending_event"]
         try:
-            at = order.get("paid_at") if kind == "paid" else order.get("closed_at")
             await self.bus.publish_json(self.tokens.routing_key(order["_id"]), event_for(order, kind),
-                                        {TRANSITION_AT: float(at or time.time())})
+                                        {TRANSITION_AT: transition_time(order, kind)})
         except BusUnavailable as exc:
             log.warning("event %s for %s not published yet (%s); the outbox keeps it",
                         kind, order["_id"], exc)

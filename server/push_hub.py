@@ -20,6 +20,17 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 16
 CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
+# An order only moves forward: unpaid -> paid, unpaid -> closed -> paid (paid
+# after close). Events come twice (this process's own copy, then RabbitMQ's)
+# and from several processes in no global order, so a socket takes a status
+# only if it is further along than what the page already has.
+PROGRESS = {"unpaid": 0, "closed": 1, "paid": 2}
+
+
+def is_news(status: Any, known: str | None) -> bool:
+    if status in PROGRESS and known in PROGRESS:
+        return PROGRESS[status] > PROGRESS[known]
+    return status != known
 
 
 
@@ -78,9 +89,9 @@ class Subscriber:
         try:
             while self._pending:
                 event, at = self._pending.popleft()
-                # At-least-once delivery and the subscribe-then-read overlap both
-                # produce repeats; a status the page already has is not news.
-                if event.get("status") != self.last_status:
+                # At-least-once delivery, the local copy and the subscribe-then-read
+                # overlap all produce repeats and stale reports: only progress is news.
+                if is_news(event.get("status"), self.last_status):
                     await self._deliver(event, at)
         finally:
             self._relay = None

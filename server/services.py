@@ -65,6 +65,7 @@ class Services:
         m.counter_from("paypush_timeout_messages", "Timeout queue messages", "kind",
                        lambda: dict(self.timeout_stats))
         self.orders.on_transition = lambda name: m.orders.labels(name).inc()
+        self.events.deliver_locally = self.hub.dispatch
 
     def pushed(self, transition_at: float | None) -> None:
         """A socket got an event: count it, and time it from the order's transition."""

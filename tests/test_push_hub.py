@@ -119,3 +119,20 @@ async def test_keep_alive_spreads_its_pings_over_the_interval() -> None:
     assert 0 < early < 20, "a round pings a few sockets per tick, not all at once"
     assert [p.pings for p in pages] == [1] * 20
     hub.close_all()
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_only_progress_reaches_the_page() -> None:
+    """Copies arrive from this process and from RabbitMQ, from several processes
+    in no set order: a page never goes back from paid, and closed -> paid
+    (paid after close) still gets through."""
+    page = Page()
+    sub = Subscriber("u", "o1", "tok", page)
+    hub = PushHub(8)
+    hub.subscribe(sub)
+    await sub.start({"status": "unpaid"})
+    for status in ("closed", "unpaid", "paid", "closed", "paid", "unpaid"):
+        hub.dispatch("tok", {"status": status})
+    await asyncio.sleep(0.05)
+    assert [e["status"] for e in page.received] == ["unpaid", "closed", "paid"]
+    hub.close_all()
