@@ -190,6 +190,18 @@ class Stack:
         self.db.users.update_one({"_id": BENCH_USER}, {"$set": {"password": "x"}}, upsert=True)
         return self
 
+    def add_server(self) -> str:
+        """One more paypush process on the same MongoDB and RabbitMQ (as behind a
+        load balancer); returns its base URL."""
+        port = free_port()
+        log = open(self.tmp / f"server-{port}.log", "wb")  # noqa: SIM115 - lives as long as the stack
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT,
+                                env={**self.env(), "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_http(base_url + "/healthz")
+        return base_url
+
     @property
     def mongo_pid(self) -> int:
         assert self.mongo._proc is not None

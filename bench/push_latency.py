@@ -4,7 +4,11 @@ N orders, each watched by one native /ws/pay socket and one Web STOMP
 subscriber (clients in separate processes). Signed notifies are sent at a
 steady rate for random orders; latency is from the notify request being sent
 to each client hearing "paid". Both routes, same orders, same rate, same run.
-Run: python bench/push_latency.py [--sockets 10000 --rate 100 --seconds 20]
+With ``--notify-to other`` the notifies go to a second paypush process, so the
+native route's event crosses RabbitMQ and the first process's bridge (as for
+most pages when several processes share the load); by default they go to the
+process holding the sockets, which hands the event to them directly.
+Run: python bench/push_latency.py [--sockets 10000 --rate 100 --seconds 20 --notify-to same|other]
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--routes", default="native,stomp", help="native, stomp or both (default)")
+    parser.add_argument("--notify-to", choices=("same", "other"), default="same",
+                        help="the process holding the sockets, or a second paypush process")
     args = parser.parse_args()
     routes = args.routes.split(",")
     ensure_rabbitmq_sockets(args.sockets + 500)
@@ -93,14 +99,17 @@ def main() -> None:
             fleets["stomp"] = ClientFleet([Job("stomp", part, destinations=dest, passcode=passcode)
                                            for part in split(ids, PROCS)])
         opened = sum(f.start() for f in fleets.values())
+        notify_url = stack.base_url if args.notify_to == "same" else stack.add_server()
         print(f"{opened} sockets open ({args.sockets} per route: {', '.join(fleets)}); sending "
-              f"{args.rate:.0f} notifies/s for {args.seconds:.0f}s", flush=True)
+              f"{args.rate:.0f} notifies/s for {args.seconds:.0f}s to the {args.notify_to} process", flush=True)
         time.sleep(2)
         pids = {"paypush": stack.server_pid, "nx-27017 (MongoDB)": stack.mongo_pid, "RabbitMQ": rabbitmq_pid()}
+        if args.notify_to == "other":
+            pids["paypush taking the notifies"] = stack.procs[-1].pid
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         gc_before = gc_pauses(stack.base_url)
         started = time.monotonic()
-        sent, round_trips, failures = asyncio.run(send_notifies(stack.base_url, orders, args.rate, args.seconds))
+        sent, round_trips, failures = asyncio.run(send_notifies(notify_url, orders, args.rate, args.seconds))
         elapsed = time.monotonic() - started
         cpu = {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
         time.sleep(3)
@@ -109,7 +118,8 @@ def main() -> None:
     gc_while = {gen: {k: v - gc_before.get(gen, {}).get(k, 0) for k, v in stats.items()}
                 for gen, stats in gc_after.items()}
 
-    result: dict[str, object] = {"sockets": args.sockets, "rate": args.rate, "notifies": len(sent),
+    result: dict[str, object] = {"sockets": args.sockets, "rate": args.rate, "notify_to": args.notify_to,
+                                 "notifies": len(sent),
                                  "notify_failures": failures, "cpu_share_while_sending": cpu,
                                  "server_gc_pauses": gc_while,
                                  "notify_round_trip": percentiles(round_trips)}
@@ -130,11 +140,12 @@ def main() -> None:
     print("paypush GC pauses while sending: " + ", ".join(
         f"gen{g} {s['count']:.0f} ({s['total_ms']:.0f} ms in all, {s['over_10ms']:.0f} over 10 ms)"
         for g, s in sorted(gc_while.items())))
-    save("push_latency", result)
-    plot(series, args)
+    name = "push_latency" if args.notify_to == "same" else "push_latency_via_bridge"
+    save(name, result)
+    plot(series, args, name)
 
 
-def plot(series: dict[str, list[float]], args: argparse.Namespace) -> None:
+def plot(series: dict[str, list[float]], args: argparse.Namespace, name: str) -> None:
     fig, ax = new_plot()
     for route, lat in series.items():
         ordered = sorted(lat)
@@ -144,9 +155,10 @@ def plot(series: dict[str, list[float]], args: argparse.Namespace) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("notify sent -> browser hears paid (ms, log)")
     ax.set_ylabel("percent of payments")
-    ax.set_title(f"Push latency, {args.sockets} waiting pages per route, {args.rate:.0f} notifies/s")
+    ax.set_title(f"Push latency, {args.sockets} pages per route, {args.rate:.0f} notifies/s "
+                 f"to the {args.notify_to} process", fontsize=10)
     ax.legend()
-    save_plot(fig, "push_latency")
+    save_plot(fig, name)
 
 
 if __name__ == "__main__":

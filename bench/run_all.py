@@ -15,12 +15,14 @@ HERE = Path(__file__).resolve().parent
 FULL = [
     ["waiting_browsers.py", "--sizes", "1000,5000,10000"],
     ["push_latency.py", "--sockets", "10000", "--rate", "100", "--seconds", "20"],
+    ["push_latency.py", "--sockets", "10000", "--rate", "100", "--seconds", "20", "--notify-to", "other"],
     ["notify_throughput.py"],
     ["timeout_sweep.py", "--orders", "1000"],
 ]
 QUICK = [
     ["waiting_browsers.py", "--sizes", "200,1000"],
     ["push_latency.py", "--sockets", "1000", "--rate", "50", "--seconds", "5"],
+    ["push_latency.py", "--sockets", "1000", "--rate", "50", "--seconds", "5", "--notify-to", "other"],
     ["notify_throughput.py", "--levels", "1,8,32", "--seconds", "3"],
     ["timeout_sweep.py", "--orders", "200", "--timeout", "10"],
 ]
