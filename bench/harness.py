@@ -221,7 +221,7 @@ class Stack:
                 for _ in range(n)]
         for i in range(0, n, 1000):
             self.db.orders.insert_many(docs[i:i + 1000])
-        return [(d["_id"], price) for d in docs]
+        return [(str(d["_id"]), price) for d in docs]
 
     def stop(self) -> None:
         for proc in reversed(self.procs):

@@ -75,20 +75,24 @@ def profile(stack, orders: list[tuple[str, int]], concurrency: int, seconds: flo
                             "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server_cpu, nx_cpu = cpu_seconds(stack.server_pid), cpu_seconds(stack.mongo_pid)
+    started = time.perf_counter()
     asyncio.run(load(stack.base_url, orders, concurrency, seconds))
+    elapsed = time.perf_counter() - started
     server_cpu, nx_cpu = cpu_seconds(stack.server_pid) - server_cpu, cpu_seconds(stack.mongo_pid) - nx_cpu
     spy.wait(60)
-    return {"server_cpu_share": server_cpu / seconds, "mongo_cpu_share": nx_cpu / seconds,
+    return {"server_cpu_share": server_cpu / elapsed, "mongo_cpu_share": nx_cpu / elapsed,
             **summarise(out)}
 
 
+# py-spy names a frame "function (path:line)", with paths relative to sys.path.
+OWN_CODE = ("(server/", "(handlers/", "(workers/", "(settings.py")
 CATEGORIES = (
     ("idle (waiting on sockets)", ("select.py", "selectors.py", "epoll")),
     ("pymongo (client side of the store)", ("pymongo/", "bson/")),
     ("aio-pika / aiormq / pamqp", ("aio_pika/", "aiormq/", "pamqp/")),
     ("aiohttp", ("aiohttp/",)),
     ("tornado", ("tornado/",)),
-    ("paypush code", ("/server/", "/handlers/", "/workers/", "settings.py")),
+    ("paypush code", OWN_CODE),
     ("xmltodict / expat", ("xmltodict", "expat")),
     ("logging", ("logging/",)),
     ("asyncio", ("asyncio/",)),
@@ -99,7 +103,7 @@ def summarise(raw: Path) -> dict[str, object]:
     """Leaf-frame samples by library, and the hottest leaf functions."""
     by_cat: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = own = 0
     if not raw.exists():
         return {"profile": "py-spy produced nothing (is ptrace allowed?)"}
     for line in raw.read_text().splitlines():
@@ -108,11 +112,13 @@ def summarise(raw: Path) -> dict[str, object]:
             continue
         n = int(count)
         total += n
+        own += n if any(k in stack for k in OWN_CODE) else 0
         leaf = stack.split(";")[-1]
         leaves[leaf] += n
         cat = next((name for name, keys in CATEGORIES if any(k in leaf for k in keys)), "other")
         by_cat[cat] += n
     return {"samples": total,
+            "own_code_on_stack": round(own / total * 100, 1) if total else 0.0,
             "by_library": {k: round(v / total * 100, 1) for k, v in by_cat.most_common()} if total else {},
             "hottest": [(leaf, round(n / total * 100, 1)) for leaf, n in leaves.most_common(12)] if total else []}
 
@@ -125,7 +131,8 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     rows, results = [], []
     with running_stack() as stack:
-        orders = stack.seed_orders(int(800 * args.seconds * (len(levels) + 2)))
+        # Up to 1000/s per level, then the profile pass, then the warm-up.
+        orders = stack.seed_orders(int(1000 * args.seconds * (len(levels) + 1)) + 200)
         pool = collections.deque(orders)
         asyncio.run(load(stack.base_url, [pool.popleft() for _ in range(200)], 8, 2))  # warm-up
         for c in levels:
@@ -141,6 +148,8 @@ def main() -> None:
     print(table(rows, ["concurrency", "notifies/s", "errors", "p50 ms", "p99 ms"]))
     print(f"profile at concurrency {best['concurrency']}: server process CPU "
           f"{prof.get('server_cpu_share', 0):.0%}, nx-27017 (MongoDB) CPU {prof.get('mongo_cpu_share', 0):.0%}")
+    print(f"  paypush code is on the stack in {prof.get('own_code_on_stack', 0)}% of samples "
+          "(inclusive); by library of the leaf frame:")
     for cat, share in dict(prof.get("by_library", {})).items():  # type: ignore[call-overload]
         print(f"  {share:5.1f}%  {cat}")
     print("  hottest leaf functions:")
