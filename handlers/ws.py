@@ -8,9 +8,11 @@ then each change: no event can fall between the two.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,8 +98,16 @@ class PaySocket(tornado.websocket.WebSocketHandler):
         self._headers = _NO_HEADERS
         self.ui = None  # type: ignore[assignment]
 
-    async def send_event(self, event: dict[str, Any]) -> None:
-        await self.write_message(json.dumps(event))
+    def send_event(self, event: dict[str, Any]) -> Awaitable[None]:
+        """Written to the socket now (Tornado writes what the kernel takes at
+        once); the result completes when all of it is out."""
+        try:
+            return self.write_message(json.dumps(event))
+        except tornado.websocket.WebSocketClosedError:
+            self._drop(1000, "")
+            nothing_to_wait_for: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            nothing_to_wait_for.set_result(None)
+            return nothing_to_wait_for
 
     def ping_peer(self) -> None:
         try:

@@ -77,7 +77,13 @@ class OrderEvents:
         kind = order.get("pending_event")
         if not kind:
             return
-        self.deliver_locally(self.tokens.token(order["_id"]), event_for(order, kind), transition_time(order, kind))
+        try:
+            self.deliver_locally(self.tokens.token(order["_id"]), event_for(order, kind),
+                                 transition_time(order, kind))
+        except Exception:
+            # The transition is recorded and the publish below still carries the
+            # event; a fault here must not fail the caller (a notify being answered).
+            log.exception("event %s for %s: local delivery failed", kind, order["_id"])
         if self.bus is None:
             return
         task = asyncio.get_running_loop().create_task(self._publish(order))

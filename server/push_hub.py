@@ -37,7 +37,10 @@ def is_news(status: Any, known: str | None) -> bool:
 class Peer(Protocol):
     """The browser end of a subscription (the WebSocket handler)."""
 
-    async def send_event(self, event: dict[str, Any]) -> None: ...
+    def send_event(self, event: dict[str, Any]) -> Awaitable[None]:
+        """Start writing ``event`` now; the result completes when it is written.
+        Never raises: a peer that is gone closes itself."""
+        ...
 
     def close_from_hub(self, code: int, reason: str) -> None: ...
 
@@ -46,7 +49,11 @@ class Peer(Protocol):
 
 class Subscriber:
     """One pay-page socket. Its queue and relay task exist only while it has
-    events to send: an idle waiting browser costs no task, no queue."""
+    events to send: an idle waiting browser costs no task, no queue.
+
+    An event offered to an idle socket is written at once, inside ``offer``;
+    the relay task then only waits for that write (and sends what queued up
+    behind it), so a push never waits a turn of the event loop to go out."""
 
     __slots__ = ("_pending", "_relay", "_started", "last_seen", "last_status", "on_delivered", "order_id",
                  "peer", "token", "user")
@@ -75,32 +82,47 @@ class Subscriber:
             return False
         self._pending.append((event, at))
         if self._started and self._relay is None:
-            self._relay = asyncio.get_running_loop().create_task(self._run())
+            self._relay_from(self._write_next())
         return True
 
     async def start(self, current: dict[str, Any]) -> None:
         """Send the current state, then relay what was queued meanwhile and after."""
-        await self._deliver(current)
+        self.last_status = current.get("status")
+        await self.peer.send_event(current)
+        self._delivered(None)
         self._started = True
-        if self._pending and self._relay is None:
-            self._relay = asyncio.get_running_loop().create_task(self._run())
+        if self._relay is None:
+            self._relay_from(self._write_next())
 
-    async def _run(self) -> None:
+    def _write_next(self) -> tuple[Awaitable[None], float | None] | None:
+        """Start writing the next pending event that is news; None when there is none."""
+        while self._pending:
+            event, at = self._pending.popleft()
+            # At-least-once delivery, the local copy and the subscribe-then-read
+            # overlap all produce repeats and stale reports: only progress is news.
+            if is_news(event.get("status"), self.last_status):
+                self.last_status = event.get("status")
+                return self.peer.send_event(event), at
+        self._pending = None
+        return None
+
+    def _relay_from(self, writing: tuple[Awaitable[None], float | None] | None) -> None:
+        if writing is not None:
+            self._relay = asyncio.get_running_loop().create_task(self._run(writing))
+
+    async def _run(self, writing: tuple[Awaitable[None], float | None] | None) -> None:
         try:
-            while self._pending:
-                event, at = self._pending.popleft()
-                # At-least-once delivery, the local copy and the subscribe-then-read
-                # overlap all produce repeats and stale reports: only progress is news.
-                if is_news(event.get("status"), self.last_status):
-                    await self._deliver(event, at)
+            while writing is not None:
+                written, at = writing
+                await written
+                self._delivered(at)
+                writing = self._write_next()
+        except Exception as exc:
+            log.debug("pay-page socket of %s for %s: write failed (%s)", self.user, self.order_id, exc)
         finally:
             self._relay = None
-            if not self._pending:
-                self._pending = None
 
-    async def _deliver(self, event: dict[str, Any], at: float | None = None) -> None:
-        self.last_status = event.get("status")
-        await self.peer.send_event(event)
+    def _delivered(self, at: float | None) -> None:
         if self.on_delivered is not None:
             self.on_delivered(at)
 
