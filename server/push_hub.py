@@ -33,7 +33,6 @@ def is_news(status: Any, known: str | None) -> bool:
     return status != known
 
 
-
 class Peer(Protocol):
     """The browser end of a subscription (the WebSocket handler)."""
 
@@ -107,7 +106,7 @@ class Subscriber:
         return None
 
     def _relay_from(self, writing: tuple[Awaitable[None], float | None] | None) -> None:
-        if writing is not None:
+        if writing is not None and self._started:  # not stopped by a write that found the socket closed
             self._relay = asyncio.get_running_loop().create_task(self._run(writing))
 
     async def _run(self, writing: tuple[Awaitable[None], float | None] | None) -> None:
@@ -191,10 +190,11 @@ class PushHub:
 
     def dispatch(self, token: str, event: dict[str, Any], at: float | None = None) -> int:
         """Queue ``event`` for every socket watching ``token``; returns how many took it."""
-        return sum(sub.offer(event, at) for sub in self.watching(token))
+        # A copy: offering writes at once, and a socket found closed leaves the set.
+        return sum(sub.offer(event, at) for sub in tuple(self.watching(token)))
 
     def subscribers(self) -> list[Subscriber]:
-        # Walked every keep-alive tick: no throwaway set per token.
+        # No throwaway set per token: this walks every socket.
         subs: list[Subscriber] = []
         for entry in self._by_token.values():
             if isinstance(entry, set):

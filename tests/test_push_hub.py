@@ -136,3 +136,39 @@ async def test_only_progress_reaches_the_page() -> None:
     await asyncio.sleep(0.05)
     assert [e["status"] for e in page.received] == ["unpaid", "closed", "paid"]
     hub.close_all()
+
+
+class DyingPage(Page):
+    """A socket that is found closed on its second write: it drops itself from
+    the hub on the spot, as PaySocket does."""
+
+    def __init__(self, hub: PushHub):
+        super().__init__()
+        self.hub = hub
+        self.sub: Subscriber | None = None
+
+    def send_event(self, event: dict[str, Any]) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        if self.received:
+            assert self.sub is not None
+            self.hub.unsubscribe(self.sub)
+        else:
+            self.received.append(event)
+        return done
+
+
+@pytest.mark.gen_test(timeout=10)
+async def test_a_page_found_closed_while_dispatching_does_not_disturb_the_others() -> None:
+    hub = PushHub(8)
+    dying, healthy = DyingPage(hub), Page()
+    subs = [Subscriber("u", "o1", "tok", p) for p in (dying, healthy)]
+    dying.sub = subs[0]
+    for sub in subs:
+        hub.subscribe(sub)
+        await sub.start({"status": "unpaid"})
+    assert hub.dispatch("tok", {"status": "paid"}) == 2
+    await asyncio.sleep(0.01)
+    assert [e["status"] for e in healthy.received] == ["unpaid", "paid"]
+    assert len(hub) == 1
+    hub.close_all()
