@@ -6,6 +6,7 @@ import pytest
 
 from tests.shopper import Shopper
 from tests.sockets import PageSocket
+from tests.test_push_hub import Page
 
 
 @pytest.fixture
@@ -40,14 +41,6 @@ async def test_no_page_no_query(shopper: Shopper) -> None:
     assert (await shopper.get_order(order["id"]))["status"] == "unpaid"
 
 
-class _Page:
-    async def send_event(self, event: object) -> None: ...
-
-    def close_from_hub(self, code: int, reason: str) -> None: ...
-
-    def ping_peer(self) -> None: ...
-
-
 @pytest.mark.gen_test(timeout=30)
 async def test_a_pass_looks_only_at_due_pages_still_waiting(services) -> None:  # type: ignore[no-untyped-def]
     """Bookkeeping of the backstop: new pages are learnt from the hub as they
@@ -58,11 +51,11 @@ async def test_a_pass_looks_only_at_due_pages_still_waiting(services) -> None:  
 
     hub = PushHub(1000)
     active = ActiveQuery(hub, services.orders, services.payments, after=0.0)
-    subs = [Subscriber("u", f"order{i}", f"tok{i}", _Page()) for i in range(PER_PASS + 5)]
+    subs = [Subscriber("u", f"order{i}", f"tok{i}", Page()) for i in range(PER_PASS + 5)]
     for sub in subs:
         sub.last_status = "unpaid"
         hub.subscribe(sub)
-    hub.subscribe(Subscriber("u", "order0", "tok0", _Page()))  # a second page: still one entry
+    hub.subscribe(Subscriber("u", "order0", "tok0", Page()))  # a second page: still one entry
     assert len(active._due) == PER_PASS + 5
     subs[0].last_status = "paid"
     hub.unsubscribe(subs[1])
