@@ -1,11 +1,12 @@
 """Runs every benchmark in turn; each prints its table and writes
 bench/results/<name>.json and .png. Not part of the test suite.
-Run: .venv/bin/python bench/run_all.py [--quick]
+Run: .venv/bin/python bench/run_all.py [--quick]   (--quick writes to bench/results/quick/)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +31,13 @@ QUICK = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, a couple of minutes in all")
-    runs = QUICK if parser.parse_args().quick else FULL
+    parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes in all")
+    quick = parser.parse_args().quick
+    env = {**os.environ, "PAYPUSH_BENCH_RESULTS": str(HERE / "results" / "quick")} if quick else None
     failed = 0
-    for script, *args in runs:
+    for script, *args in QUICK if quick else FULL:
         print(f"\n=== {script} {' '.join(args)}", flush=True)
-        failed += subprocess.run([sys.executable, str(HERE / script), *args]).returncode != 0
+        failed += subprocess.run([sys.executable, str(HERE / script), *args], env=env).returncode != 0
     return 1 if failed else 0
 
 
