@@ -86,7 +86,7 @@ class PaySocket(tornado.websocket.WebSocketHandler):
     def _forget_handshake(self) -> None:
         """Drop what only the upgrade needed: the request's headers and
         arguments, the response headers, the template namespace. A waiting page
-        holds its socket for minutes; these were ~3 KiB of each one
+        holds its socket for minutes; these were ~3.5 KiB of each one
         (tracemalloc, bench/waiting_browsers.py). Called once the user and the
         order id are read: the 101 has been sent before open() runs."""
         request = self.request
