@@ -132,7 +132,13 @@ class Payments:
         if fields.get("return_code") != "SUCCESS":
             raise NotifyRejected("return_code is not SUCCESS")
         merchant = self.wx.merchant
-        if not signing.verify(fields, merchant.key):
+        accepted = signing.accepted_sign_types(merchant.sign_type)
+        if not signing.verify(fields, merchant.key, accepted):
+            sign_type = signing.sign_type_of(fields)
+            if sign_type is not None and sign_type not in accepted:
+                # Genuine or not, WeChat signs our notifies the way we place orders.
+                raise NotifyRejected(f"signature does not verify: {sign_type} is weaker than "
+                                     f"the {merchant.sign_type} this merchant signs with")
             raise NotifyRejected("signature does not verify")
         if fields.get("appid") != merchant.appid:
             raise NotifyRejected("appid is not ours")

@@ -92,7 +92,7 @@ class WxPayClient:
             raise WxPayBadResponse(f"{path}: {exc}") from None
         if reply.get("return_code") != "SUCCESS":
             raise WxPayReturnFail(reply.get("return_msg", "return_code FAIL"), reply)
-        if not signing.verify(reply, m.key, m.sign_type):
+        if not signing.verify(reply, m.key, signing.accepted_sign_types(m.sign_type)):
             raise WxPayBadResponse(f"{path}: answer signature does not verify")
         if reply.get("appid") != m.appid or reply.get("mch_id") != m.mch_id:
             raise WxPayBadResponse(f"{path}: answer is for another merchant")
