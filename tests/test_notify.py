@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 from typing import Any
 
 import pytest
 
 from server.services import Services
 from server.wxpay import signing, xmlcodec
-from tests.notify_client import notify_fields, post_notify, signed_notify
+from tests.notify_client import coupon_fields, notify_fields, post_notify, signed_notify
 from tests.shopper import Shopper
 
 SUCCESS_REPLY = (b"<xml><return_code><![CDATA[SUCCESS]]></return_code>"
@@ -46,6 +48,41 @@ def forged(order: dict[str, Any]) -> bytes:
     return xmlcodec.render(fields)
 
 
+def _with_sign(body: bytes, sign: str) -> bytes:
+    return re.sub(rb"<sign><!\[CDATA\[[^\]]*\]\]></sign>",
+                  b"<sign><![CDATA[" + sign.encode() + b"]]></sign>", body)
+
+
+def _sign_of(body: bytes) -> str:
+    return xmlcodec.parse(body)["sign"]
+
+
+def coupon_notify(order: dict[str, Any], **kw: Any) -> bytes:
+    return signed_notify(order, **{**coupon_fields(order), **kw})
+
+
+def tampered_coupon(order: dict[str, Any]) -> bytes:
+    return coupon_notify(order).replace(b"<coupon_fee_1>2</coupon_fee_1>", b"<coupon_fee_1>200</coupon_fee_1>")
+
+
+def injected_field(order: dict[str, Any]) -> bytes:
+    return coupon_notify(order).replace(b"</xml>", b"<coupon_fee_2>1</coupon_fee_2></xml>")
+
+
+def ff_ligature(order: dict[str, Any]) -> bytes:
+    """A genuine sign with its first "FF" spelled as U+FB00, which upper-cases to "FF"."""
+    for n in itertools.count():
+        body = signed_notify(order, nonce_str=f"ligature{n}")
+        if "FF" in _sign_of(body):
+            return _with_sign(body, _sign_of(body).replace("FF", "\ufb00", 1))
+    raise AssertionError("unreachable")
+
+
+def declared_hmac_stripped(order: dict[str, Any]) -> bytes:
+    body = signed_notify(order, sign_type="HMAC-SHA256", declare=True)
+    return body.replace(b"<sign_type><![CDATA[HMAC-SHA256]]></sign_type>", b"")
+
+
 ABUSE = {
     "forged signature": (forged, 400, "signature"),
     "right signature, wrong key": (lambda o: signed_notify(o, key="0" * 32), 400, "signature"),
@@ -57,6 +94,18 @@ ABUSE = {
     "wrong mch_id": (lambda o: signed_notify(o, mch_id="19999999"), 400, "mch_id"),
     "unknown order": (lambda o: signed_notify({**o, "id": "20261127ffffffffffffffffffffffff"}), 400, "unknown"),
     "over-long order id": (lambda o: signed_notify({**o, "id": "x" * 200}), 400, "unknown"),
+    "coupon field tampered": (tampered_coupon, 400, "signature"),
+    "unsigned coupon field injected": (injected_field, 400, "signature"),
+    "sign one digit short": (lambda o: _with_sign(signed_notify(o), _sign_of(signed_notify(o))[:-1]),
+                             400, "signature"),
+    "HMAC sign cut to MD5 length": (lambda o: _with_sign(
+        signed_notify(o, sign_type="HMAC-SHA256", declare=False),
+        _sign_of(signed_notify(o, sign_type="HMAC-SHA256", declare=False))[:32]), 400, "signature"),
+    "sign not ASCII": (lambda o: _with_sign(signed_notify(o), "é" * 32), 400, "signature"),
+    "ff ligature in the sign": (ff_ligature, 400, "signature"),
+    "unknown sign_type": (lambda o: signed_notify(o, sign_type="MD5", declare=False).replace(
+        b"</xml>", b"<sign_type>SHA1</sign_type></xml>"), 400, "signature"),
+    "declared sign_type stripped": (declared_hmac_stripped, 400, "signature"),
     "sign given twice": (with_duplicate_sign, 400, "more than once"),
     "nested field": (lambda o: signed_notify(o).replace(b"<openid>", b"<openid><a>1</a>"), 400, "malformed"),
     "DOCTYPE with entity": (lambda o: b'<!DOCTYPE xml [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
@@ -167,3 +216,132 @@ async def test_second_payment_of_a_paid_order_is_flagged_not_recorded(shopper: S
     now = await shopper.get_order(order["id"])
     assert now["transaction_id"] == "4200000000202611270000000001"
     assert [e["kind"] for e in now["logs"]] == ["created", "paid", "duplicate_payment"]
+
+
+# -- notifies as WeChat really sends them ---------------------------------------
+
+HMAC_MERCHANT = [{"wxpay_sign_type": "HMAC-SHA256"}]
+
+
+async def assert_paid_once(shopper: Shopper, order: dict[str, Any]) -> None:
+    paid = await shopper.get_order(order["id"])
+    assert paid["status"] == "paid"
+    assert paid["transaction_id"] == "4200000000202611270000000001"
+    assert [e["kind"] for e in paid["logs"]] == ["created", "paid"]
+
+
+@pytest.mark.parametrize("extra_settings", HMAC_MERCHANT)
+@pytest.mark.parametrize("coupons", [False, True])
+@pytest.mark.gen_test(timeout=30)
+async def test_hmac_merchant_accepts_notify_without_sign_type(extra_settings: dict[str, object], coupons: bool,
+                                                              shopper: Shopper, base_url: str) -> None:
+    """An order placed with HMAC-SHA256 gets a notify signed with it and no
+    sign_type field (binarywang/WxJava#1585, easy-swoole/pay#38)."""
+    order = await shopper.order([("mug-celadon", 1)])
+    extra = coupon_fields(order) if coupons else {}
+    body = signed_notify(order, sign_type="HMAC-SHA256", declare=False, **extra)
+    assert b"sign_type" not in body and len(_sign_of(body)) == 64
+    status, reply = await post_notify(base_url, body)
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    await assert_paid_once(shopper, order)
+
+
+@pytest.mark.parametrize("extra_settings", HMAC_MERCHANT)
+@pytest.mark.parametrize("declare", [False, True])
+@pytest.mark.gen_test(timeout=30)
+async def test_hmac_merchant_refuses_md5_notify(extra_settings: dict[str, object], declare: bool,
+                                                shopper: Shopper, base_url: str) -> None:
+    """No downgrade: genuinely MD5-signed with the right key, and still refused,
+    since WeChat signs this merchant's notifies with HMAC-SHA256."""
+    order = await shopper.order([("fan-silk", 1)])
+    body = signed_notify(order, sign_type="MD5", declare=declare)
+    status, reply = await post_notify(base_url, body)
+    assert status == 400 and reply["return_code"] == "FAIL"
+    assert "MD5 is weaker than the HMAC-SHA256" in reply["return_msg"]
+    await assert_untouched(shopper, order)
+    # the control: the same notify signed HMAC-SHA256 is recorded
+    status, reply = await post_notify(base_url, signed_notify(order, sign_type="HMAC-SHA256", declare=declare))
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    await assert_paid_once(shopper, order)
+
+
+@pytest.mark.parametrize("sign_type, declare", [("HMAC-SHA256", False), ("MD5", True)])
+@pytest.mark.gen_test(timeout=30)
+async def test_md5_merchant_accepts_other_genuine_spellings(sign_type: str, declare: bool,
+                                                           shopper: Shopper, base_url: str) -> None:
+    """HMAC-SHA256 is no weaker than MD5: an order placed before a switch back to
+    MD5 still gets its notify recorded. sign_type=MD5 spelled out is MD5."""
+    order = await shopper.order([("tea-longjing", 1)])
+    body = signed_notify(order, sign_type=sign_type, declare=declare, **coupon_fields(order))
+    status, reply = await post_notify(base_url, body)
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    await assert_paid_once(shopper, order)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_coupon_notify_records_the_order_amount(shopper: Shopper, base_url: str) -> None:
+    """total_fee is the order's amount; coupons only lower cash_fee."""
+    order = await shopper.order([("fan-silk", 2)])
+    status, reply = await post_notify(base_url, coupon_notify(order))
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    await assert_paid_once(shopper, order)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_empty_fields_take_no_part_in_the_signature(shopper: Shopper, base_url: str) -> None:
+    """WeChat's rule: an empty value is left out of the signed string, so an empty
+    element added to a genuine notify changes nothing that was signed."""
+    order = await shopper.order([("fan-silk", 1)])
+    body = signed_notify(order).replace(b"</xml>", b"<attach></attach><device_info><![CDATA[]]></device_info></xml>")
+    status, reply = await post_notify(base_url, body)
+    assert (status, reply["return_code"]) == (200, "SUCCESS")
+    await assert_paid_once(shopper, order)
+
+
+@pytest.mark.parametrize("extra_settings", HMAC_MERCHANT)
+@pytest.mark.gen_test(timeout=30)
+async def test_simulated_wechat_notify_without_sign_type_and_with_coupons(extra_settings: dict[str, object],
+                                                                         shopper: Shopper) -> None:
+    """End to end: paypush places the order with HMAC-SHA256, the simulator pays
+    it with coupons and notifies the way WeChat does, without sign_type; the
+    first notify is acknowledged."""
+    order = await shopper.order([("tea-longjing", 1)])
+    native = await shopper.create_native(order["id"])
+    status, _ = await shopper.request("POST", "/sandbox/wxpay/pay", {
+        "code_url": native["code_url"], "notify": {"coupons": 3, "omit_sign_type": True}})
+    assert status == 200
+    for _ in range(100):
+        _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
+        if trade["notify_replies"]:
+            break
+        await asyncio.sleep(0.05)
+    assert trade["notify_replies"][:1] == ["SUCCESS"]
+    paid = await shopper.get_order(order["id"])
+    assert paid["status"] == "paid" and paid["transaction_id"] == trade["transaction_id"]
+
+
+def test_simulator_notify_with_coupons_is_signed_as_wechat_would() -> None:
+    """The simulator's coupon notify, checked against wechatpy as a peer: the
+    coupon fields are in the signed string and the amounts add up."""
+    utils = pytest.importorskip("wechatpy.pay.utils")
+    from server.simulator.notifier import Notifier, NotifyPlan
+    from server.simulator.trades import Trade
+
+    key = "192006250b4c09247ec02edce69f6a2d"
+    trade = Trade("20261127aaaa", {"sign_type": "HMAC-SHA256", "total_fee": "100", "trade_type": "NATIVE"},
+                  0.0, "weixin://wxpay/bizpayurl?pr=x", "wx1", transaction_id="4200000001", time_end="20261127120000")
+    notifier = Notifier(None, key, "wxd930ea5d5a258f4f", "10000100")  # type: ignore[arg-type]  # no sending here
+    message = notifier.message(trade, NotifyPlan(coupons=3, omit_sign_type=True))
+    assert "sign_type" not in message
+    unsigned = {k: v for k, v in message.items() if k != "sign"}
+    assert message["sign"] == utils.calculate_signature_hmac(unsigned, key)
+    assert int(message["cash_fee"]) + int(message["coupon_fee"]) == int(message["total_fee"]) == 100
+    assert message["coupon_count"] == "3"
+    assert sum(int(message[f"coupon_fee_{i}"]) for i in range(3)) == int(message["coupon_fee"])
+    assert int(message["settlement_total_fee"]) == 100 - sum(
+        int(message[f"coupon_fee_{i}"]) for i in range(3) if message[f"coupon_type_{i}"] == "NO_CASH")
+    # without the knob the declared sign_type is kept, and it is part of what was signed
+    declared = notifier.message(trade, NotifyPlan())
+    assert declared["sign_type"] == "HMAC-SHA256"
+    assert declared["sign"] == utils.calculate_signature_hmac(
+        {k: v for k, v in declared.items() if k != "sign"}, key)

@@ -81,7 +81,8 @@ class MerchantApiHandler(_SimHandler):
             return self._fail("mch_id参数格式错误")
         if not request.get("nonce_str"):
             return self._fail("缺少参数nonce_str")
-        if not signing.verify(request, self.sim.key):
+        # WeChat reads a request without sign_type as MD5, whatever its sign looks like.
+        if not signing.verify(request, self.sim.key, default_sign_type=signing.MD5):
             return self._fail("签名错误")
         self.sign_type = request.get("sign_type") or signing.MD5
         try:
@@ -148,7 +149,8 @@ def _trade_json(trade: Trade) -> dict[str, Any]:
 class PhoneJsonHandler(_SimHandler):
     """Test-facing phone: ``POST scan`` (USERPAYING) or ``POST pay`` with knobs.
 
-    Body: ``{"code_url": "...", "notify": {"drop": false, "copies": 1, "delay": 0}}``.
+    Body: ``{"code_url": "...", "notify": {"drop": false, "copies": 1, "delay": 0,
+    "coupons": 0, "omit_sign_type": false}}``.
     """
 
     def initialize(self, sim: Simulator, action: str) -> None:  # type: ignore[override]
@@ -162,7 +164,9 @@ class PhoneJsonHandler(_SimHandler):
             knobs = payload.get("notify") or {}
             plan = NotifyPlan(drop=bool(knobs.get("drop", False)),
                               copies=max(1, min(int(knobs.get("copies", 1)), 50)),
-                              delay=max(0.0, float(knobs.get("delay", 0))))
+                              delay=max(0.0, float(knobs.get("delay", 0))),
+                              coupons=max(0, min(int(knobs.get("coupons", 0)), 20)),
+                              omit_sign_type=bool(knobs.get("omit_sign_type", False)))
         except (ValueError, KeyError, TypeError, AttributeError):
             self.set_status(400)
             self.finish({"error": "expected {\"code_url\": ..., \"notify\": {...}}"})

@@ -29,6 +29,8 @@ class NotifyPlan:
     drop: bool = False   # never send it (the merchant must find the payment by orderquery)
     copies: int = 1      # send this many concurrent copies of the first attempt
     delay: float = 0.0   # seconds before the first attempt
+    coupons: int = 0     # the shopper paid partly with this many coupons (coupon_*_N fields)
+    omit_sign_type: bool = False  # HMAC-SHA256 trade: no sign_type field, as WeChat often sends it
 
 
 class Notifier:
@@ -42,9 +44,11 @@ class Notifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self.deliveries: dict[str, list[str]] = {}  # out_trade_no -> replies seen
 
-    def message(self, trade: Trade) -> dict[str, str]:
+    def message(self, trade: Trade, plan: NotifyPlan | None = None) -> dict[str, str]:
+        plan = plan or NotifyPlan()
+        # WeChat signs the notify with the sign type the order was placed with.
         sign_type = trade.request.get("sign_type") or signing.MD5
-        return signing.signed({
+        fields = {
             "return_code": "SUCCESS",
             "return_msg": "OK",
             "appid": self._appid,
@@ -61,7 +65,11 @@ class Notifier:
             "transaction_id": trade.transaction_id,
             "out_trade_no": trade.out_trade_no,
             "time_end": trade.time_end,
-        }, self._key, sign_type)
+            **_coupon_fields(trade.total_fee, plan.coupons),
+        }
+        if sign_type == signing.HMAC_SHA256 and plan.omit_sign_type:
+            return {**fields, "sign": signing.sign(fields, self._key, sign_type)}
+        return signing.signed(fields, self._key, sign_type)
 
     def schedule(self, trade: Trade, plan: NotifyPlan) -> None:
         if plan.drop:
@@ -76,15 +84,15 @@ class Notifier:
         for attempt, delay in enumerate(delays):
             await asyncio.sleep(delay / self.speed if attempt else delay)
             copies = plan.copies if attempt == 0 else 1
-            results = await asyncio.gather(*(self._post(trade) for _ in range(copies)))
+            results = await asyncio.gather(*(self._post(trade, plan) for _ in range(copies)))
             if any(results):
                 return
         log.warning("simulator: notify for %s never acknowledged", trade.out_trade_no)
 
-    async def _post(self, trade: Trade) -> bool:
+    async def _post(self, trade: Trade, plan: NotifyPlan) -> bool:
         url = trade.request["notify_url"]
         try:
-            async with self._session.post(url, data=xmlcodec.render(self.message(trade)),
+            async with self._session.post(url, data=xmlcodec.render(self.message(trade, plan)),
                                           headers={"Content-Type": "text/xml"},
                                           timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 body = await resp.content.read(65536)
@@ -103,3 +111,24 @@ class Notifier:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _coupon_fields(total_fee: int, coupons: int) -> dict[str, str]:
+    """WeChat's fields for a payment partly made with coupons of 1 fen each.
+
+    ``total_fee`` stays the order's amount; ``cash_fee`` is what the shopper paid
+    in cash (at least 1 fen, so at most ``total_fee - 1`` coupons); odd-numbered
+    coupons are NO_CASH, which WeChat reports through ``settlement_total_fee``.
+    """
+    n = max(0, min(coupons, total_fee - 1))
+    if not n:
+        return {}
+    fields = {"coupon_count": str(n), "coupon_fee": str(n), "cash_fee": str(total_fee - n),
+              "cash_fee_type": "CNY"}
+    for i in range(n):
+        fields.update({f"coupon_type_{i}": "NO_CASH" if i % 2 else "CASH",
+                       f"coupon_id_{i}": str(2000000000000000000 + i), f"coupon_fee_{i}": "1"})
+    no_cash = n // 2
+    if no_cash:
+        fields["settlement_total_fee"] = str(total_fee - no_cash)
+    return fields
