@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 # WeChat's published sandbox-style demo credentials: only ever used against the
 # built-in simulator (start-up refuses them against the real API).
@@ -68,6 +68,13 @@ class Settings:
     @property
     def simulator_base(self) -> str:
         return f"{self.public_url}/sandbox/wxpay"
+
+    @property
+    def amqp_vhost(self) -> str:
+        """The RabbitMQ vhost AMQP_URL names, read as the AMQP client reads it: the
+        path without its leading "/", percent-decoded (%2F is "/"); none is "/".
+        Events are published there, so it is where a STOMP page must connect."""
+        return unquote(urlsplit(self.amqp_url).path[1:]) or "/"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:

@@ -99,7 +99,9 @@ def ensure_rabbitmq_sockets(needed: int) -> None:
 
 
 def prepare_broker() -> str:
-    subprocess.run([str(ROOT / "deploy" / "rabbitmq-setup.sh")], check=True, cwd=ROOT,
+    # The bench opens 10k STOMP pages at once: above the script's default cap.
+    env = {**os.environ, "STOMP_MAX_CONNECTIONS": "50000"}
+    subprocess.run([str(ROOT / "deploy" / "rabbitmq-setup.sh")], check=True, cwd=ROOT, env=env,
                    capture_output=True, timeout=120)
     return (ROOT / "var" / "stomp_passcode").read_text().strip()
 

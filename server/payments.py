@@ -44,6 +44,7 @@ class PushRoutes:
 
     ws_base: str
     stomp_url: str
+    stomp_host: str  # the RabbitMQ vhost, named in the page's STOMP CONNECT
     stomp_login: str
     stomp_passcode: str
     tokens: PushTokens
@@ -51,7 +52,7 @@ class PushRoutes:
     def for_order(self, order_id: str) -> dict[str, Any]:
         return {
             "ws": f"{self.ws_base}/ws/pay?orderId={order_id}",
-            "stomp": {"url": self.stomp_url, "login": self.stomp_login,
+            "stomp": {"url": self.stomp_url, "host": self.stomp_host, "login": self.stomp_login,
                       "passcode": self.stomp_passcode,
                       "destination": f"/exchange/paynotify/{self.tokens.routing_key(order_id)}"},
         }

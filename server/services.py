@@ -134,8 +134,8 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
     orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues)
-    push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.stomp_login,
-                      settings.stomp_passcode, tokens)
+    push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.amqp_vhost,
+                      settings.stomp_login, settings.stomp_passcode, tokens)
     payments = Payments(orders, wx, settings.notify_url, push)
     simulator = None
     if settings.sandbox:

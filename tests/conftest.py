@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from server.app import make_app
 from server.embedded_mongo import EmbeddedMongo
 from server.services import Services, open_services
 from tests.shopper import Shopper
+from tests.stomp import BrowserUser, prepare_broker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,6 +61,20 @@ def amqp_url() -> Iterator[str]:
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def stomp_user(amqp_url: str) -> Iterator[BrowserUser]:
+    """The STOMP browser user of this test session, on its vhost, made by
+    deploy/rabbitmq-setup.sh from AMQP_URL: concurrent runs on one broker never
+    share (or reset) a passcode. Its limits are small so tests can reach them."""
+    suffix = amqp_url.rsplit("-", 1)[1]
+    user = BrowserUser(login=f"webguest-{suffix}", passcode=secrets.token_urlsafe(24),
+                       vhost=amqp_url.rsplit("/", 1)[1], max_connections=10, max_channels=10,
+                       queue_expires_ms=2000, queue_max_length=5)
+    prepare_broker(user, amqp_url)
+    yield user
+    rabbitmqctl("delete_user", user.login)
 
 
 @pytest.fixture

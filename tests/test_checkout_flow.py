@@ -27,7 +27,7 @@ async def stock(services: Services, sku_id: str) -> int:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_order_scan_pay_notify_paid(shopper: Shopper, services: Services) -> None:
+async def test_order_scan_pay_notify_paid(shopper: Shopper, services: Services, amqp_url: str) -> None:
     tea_before, mug_before = await stock(services, "tea-longjing"), await stock(services, "mug-celadon")
     order = await shopper.order([("tea-longjing", 1), ("mug-celadon", 2)])
     assert order["status"] == "unpaid"
@@ -43,6 +43,8 @@ async def test_order_scan_pay_notify_paid(shopper: Shopper, services: Services) 
     assert native["qr_svg"].startswith("<svg")
     assert native["push"]["stomp"]["destination"].startswith("/exchange/paynotify/order.")
     assert order["id"] not in native["push"]["stomp"]["destination"]
+    # The vhost the page must name in its STOMP CONNECT: this session's, not "/".
+    assert native["push"]["stomp"]["host"] == amqp_url.rsplit("/", 1)[1]
     again = await shopper.create_native(order["id"])
     assert again["code_url"] == native["code_url"]
 

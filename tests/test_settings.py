@@ -46,6 +46,20 @@ def test_secrets_never_show_in_repr() -> None:
         assert secret not in text
 
 
+@pytest.mark.parametrize("amqp_url, vhost", [
+    ("amqp://guest:guest@127.0.0.1:5672/", "/"),
+    ("amqp://guest:guest@127.0.0.1:5672", "/"),
+    ("amqp://guest:guest@127.0.0.1:5672/%2F", "/"),
+    ("amqp://guest:guest@127.0.0.1:5672/%2f", "/"),
+    ("amqp://guest:guest@127.0.0.1:5672/shop", "shop"),
+    ("amqps://u:p@rabbit.example.com/shop%2Fprod?heartbeat=30", "shop/prod"),
+    ("amqp://u:p@rabbit/a%20b", "a b"),
+])
+def test_the_vhost_is_amqp_urls_path_decoded(amqp_url: str, vhost: str) -> None:
+    # What the pay page names in its STOMP CONNECT: the vhost paypush publishes to.
+    assert from_environ({"AMQP_URL": amqp_url}).amqp_vhost == vhost
+
+
 @pytest.mark.parametrize("env, names", [
     ({**REAL, "COOKIE_SECRET": ""}, "COOKIE_SECRET"),
     ({**REAL, "WXPAY_APPID": ""}, "WXPAY_APPID"),

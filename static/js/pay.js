@@ -87,7 +87,8 @@
   function connectStomp(stomp) {
     const client = new StompJs.Client({
       brokerURL: stomp.url,
-      connectHeaders: { login: stomp.login, passcode: stomp.passcode },
+      // host: the RabbitMQ vhost paypush publishes to (Web STOMP's default is "/").
+      connectHeaders: { host: stomp.host, login: stomp.login, passcode: stomp.passcode },
       heartbeatIncoming: 10000,
       heartbeatOutgoing: 10000,
       reconnectDelay: 1000,

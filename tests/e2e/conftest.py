@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.processes import ROOT, ServerProcess, base_env
-from tests.stomp import prepare_broker
+from tests.stomp import BrowserUser
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -31,10 +31,12 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, mongo_url: str) -> Iterator[ServerProcess]:
-    passcode = prepare_broker()
+def server(tmp_path_factory: pytest.TempPathFactory, mongo_url: str, amqp_url: str,
+           stomp_user: BrowserUser) -> Iterator[ServerProcess]:
+    """On this session's vhost: the STOMP page must find it from createNative's host."""
     env = base_env(tmp_path_factory.mktemp("e2e-var"), MONGO_URL=mongo_url,
-                   MONGO_DB=f"e2e{uuid.uuid4().hex[:12]}", STOMP_PASSCODE=passcode,
+                   MONGO_DB=f"e2e{uuid.uuid4().hex[:12]}", AMQP_URL=amqp_url,
+                   STOMP_LOGIN=stomp_user.login, STOMP_PASSCODE=stomp_user.passcode,
                    SIM_NOTIFY_SPEED="100")
     proc = ServerProcess(env).start()
     yield proc
