@@ -38,12 +38,13 @@ def state_pid(data_dir: Path) -> int:
     return int(json.loads((data_dir / "server.json").read_text())["pid"])
 
 
+def client(url: str) -> MongoClient[dict[str, Any]]:
+    return MongoClient(url, serverSelectionTimeoutMS=2000)
+
+
 def answers(url: str) -> bool:
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=2000)
-    try:
-        return client.admin.command("ping")["ok"] == 1
-    finally:
-        client.close()
+    with client(url) as c:
+        return bool(c.admin.command("ping")["ok"] == 1)
 
 
 def test_killed_embedded_mongodb_fails_liveness_and_its_leftovers_block_nothing(
@@ -96,7 +97,8 @@ def test_a_pid_reused_by_an_unrelated_process_does_not_block_start(tmp_path: Pat
 def test_the_server_of_another_data_directory_is_never_attached_to(tmp_path: Path) -> None:
     other = EmbeddedMongo(tmp_path / "other").start()
     try:
-        MongoClient(other.url)["t"]["marks"].insert_one({"_id": "other's"})
+        with client(other.url) as c:
+            c["t"]["marks"].insert_one({"_id": "other's"})
         data_dir = tmp_path / "mongo"
         data_dir.mkdir()
         # A copied VAR_DIR: its files name a live embedded server whose port answers, on other data.
@@ -105,7 +107,8 @@ def test_the_server_of_another_data_directory_is_never_attached_to(tmp_path: Pat
         mine = EmbeddedMongo(data_dir).attach_or_start()
         try:
             assert mine.owned and mine.port != other.port
-            assert MongoClient(mine.url)["t"]["marks"].find_one({"_id": "other's"}) is None
+            with client(mine.url) as c:
+                assert c["t"]["marks"].find_one({"_id": "other's"}) is None
         finally:
             mine.stop()
     finally:
