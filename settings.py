@@ -186,14 +186,16 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     real_given = [n for n, v, sandbox_value in (("WXPAY_APPID", appid, SANDBOX_APPID),
                                                 ("WXPAY_MCH_ID", mch_id, SANDBOX_MCH_ID),
                                                 ("WXPAY_KEY", key, SANDBOX_KEY)) if v and v != sandbox_value]
+    sandbox_mode = "SANDBOX=1" if env.get("SANDBOX", "").strip() else "sandbox mode (no WXPAY_KEY given)"
     if sandbox and real_given:
-        raise ConfigError(f"SANDBOX=1 with merchant credentials ({', '.join(real_given)}): the built-in "
-                          "simulator must never hold them; unset them for sandbox mode, or set SANDBOX=0")
+        raise ConfigError(f"{sandbox_mode} with merchant credentials ({', '.join(real_given)}): the built-in "
+                          "simulator must never hold them; unset them for sandbox mode, or set SANDBOX=0 "
+                          "and all of WXPAY_APPID, WXPAY_MCH_ID and WXPAY_KEY")
 
     default_api = f"{public_url}/sandbox/wxpay" if sandbox else REAL_WXPAY_API_BASE
     api_base = _url(env, "WXPAY_API_BASE", default_api, ("http", "https"))
     if sandbox and _is_wechat_host(api_base):
-        raise ConfigError(f"SANDBOX=1 with WXPAY_API_BASE {api_base}, the real WeChat Pay API: unset "
+        raise ConfigError(f"{sandbox_mode} with WXPAY_API_BASE {api_base}, the real WeChat Pay API: unset "
                           "WXPAY_API_BASE for the built-in simulator (or point it at one), or set SANDBOX=0")
     sandbox_credentials = (appid or SANDBOX_APPID) == SANDBOX_APPID or (key or SANDBOX_KEY) == SANDBOX_KEY
     if sandbox_credentials and _is_wechat_host(api_base):
