@@ -215,7 +215,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if not cookie_secret:
         if not sandbox:
             raise ConfigError(
-                "COOKIE_SECRET must be set outside sandbox mode: a long random string, "
+                f"COOKIE_SECRET must be set outside sandbox mode: {MIN_COOKIE_SECRET_LENGTH}+ random characters, "
                 "the same for every paypush process behind the load balancer")
         cookie_secret = _secret_file(var_dir, "cookie_secret")
         if len(cookie_secret) < MIN_COOKIE_SECRET_LENGTH:
