@@ -25,6 +25,11 @@ SANDBOX_KEY = "192006250b4c09247ec02edce69f6a2d"
 REAL_WXPAY_API_BASE = "https://api.mch.weixin.qq.com"
 SIGN_TYPES = ("MD5", "HMAC-SHA256")
 
+# Tornado signs cookies with HMAC-SHA256, and RFC 2104 discourages keys shorter
+# than the hash's 32-byte output; 32 characters is also 128 bits as hex, and
+# the secret paypush generates itself (token_urlsafe(32)) is 43.
+MIN_COOKIE_SECRET_LENGTH = 32
+
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message says what to set."""
@@ -131,16 +136,26 @@ def _is_loopback(host: str) -> bool:
         return host.endswith(".localhost")
 
 
+def _is_wechat_host(url: str) -> bool:
+    """api.mch.weixin.qq.com and its siblings (api2, apihk, apius, fraud...)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "weixin.qq.com" or host.endswith(".weixin.qq.com")
+
+
 def _secret_file(var_dir: Path, name: str) -> str:
     """Read a generated secret from VAR_DIR, creating it (0600) on first use."""
     path = var_dir / name
-    if path.exists():
-        return path.read_text().strip()
-    var_dir.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value)
+    try:
+        if path.exists():
+            return path.read_text().strip()
+        var_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value)
+    except OSError as exc:
+        raise ConfigError(f"VAR_DIR {str(var_dir)!r} is not a directory paypush can write to "
+                          f"({exc.strerror}): set VAR_DIR to one, or set {name.upper()}") from None
     return value
 
 
@@ -172,27 +187,52 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if sign_type not in SIGN_TYPES:
         raise ConfigError(f"WXPAY_SIGN_TYPE must be MD5 or HMAC-SHA256, got {sign_type!r}")
 
+    # Sandbox mounts a simulator that signs whatever it is asked to with the
+    # configured key: given the merchant's real key it would be a public
+    # signing oracle, so sandbox mode takes only the published sandbox ones.
+    real_given = [n for n, v, sandbox_value in (("WXPAY_APPID", appid, SANDBOX_APPID),
+                                                ("WXPAY_MCH_ID", mch_id, SANDBOX_MCH_ID),
+                                                ("WXPAY_KEY", key, SANDBOX_KEY)) if v and v != sandbox_value]
+    sandbox_mode = "SANDBOX=1" if env.get("SANDBOX", "").strip() else "sandbox mode (no WXPAY_KEY given)"
+    if sandbox and real_given:
+        raise ConfigError(f"{sandbox_mode} with merchant credentials ({', '.join(real_given)}): the built-in "
+                          "simulator must never hold them; unset them for sandbox mode, or set SANDBOX=0 "
+                          "and all of WXPAY_APPID, WXPAY_MCH_ID and WXPAY_KEY")
+
     default_api = f"{public_url}/sandbox/wxpay" if sandbox else REAL_WXPAY_API_BASE
     api_base = _url(env, "WXPAY_API_BASE", default_api, ("http", "https"))
+    if sandbox and _is_wechat_host(api_base):
+        raise ConfigError(f"{sandbox_mode} with WXPAY_API_BASE {api_base}, the real WeChat Pay API: unset "
+                          "WXPAY_API_BASE for the built-in simulator (or point it at one), or set SANDBOX=0")
     sandbox_credentials = (appid or SANDBOX_APPID) == SANDBOX_APPID or (key or SANDBOX_KEY) == SANDBOX_KEY
-    if sandbox_credentials and urlsplit(api_base).hostname == urlsplit(REAL_WXPAY_API_BASE).hostname:
+    if sandbox_credentials and _is_wechat_host(api_base):
         raise ConfigError("sandbox WeChat Pay credentials against the real API: set WXPAY_APPID, "
                           "WXPAY_MCH_ID and WXPAY_KEY to your merchant's, or point WXPAY_API_BASE at a simulator")
+    if not sandbox and urlsplit(api_base).scheme != "https":
+        raise ConfigError(f"WXPAY_API_BASE must be an https URL outside sandbox mode (the API key signs, but "
+                          f"does not hide, every request), got {api_base}")
     if not sandbox and _is_loopback(urlsplit(public_url).hostname or ""):
         raise ConfigError(f"PUBLIC_URL is {public_url}, which WeChat cannot reach: set it to the public "
                           "https address of this shop (the notify goes to PUBLIC_URL/wxpay/notify)")
+    if not sandbox and urlsplit(public_url).scheme != "https":
+        raise ConfigError(f"PUBLIC_URL must be https outside sandbox mode (login cookies and payment "
+                          f"notifies travel to it), got {public_url}: terminate TLS at nginx or the load balancer")
 
     cookie_secret = env.get("COOKIE_SECRET", "").strip()
     if not cookie_secret:
         if not sandbox:
             raise ConfigError(
-                "COOKIE_SECRET must be set outside sandbox mode: a long random string, "
+                f"COOKIE_SECRET must be set outside sandbox mode: {MIN_COOKIE_SECRET_LENGTH}+ random characters, "
                 "the same for every paypush process behind the load balancer")
         cookie_secret = _secret_file(var_dir, "cookie_secret")
-
-    stomp_passcode = env.get("STOMP_PASSCODE", "").strip()
-    if not stomp_passcode and sandbox:
-        stomp_passcode = _secret_file(var_dir, "stomp_passcode")
+        if len(cookie_secret) < MIN_COOKIE_SECRET_LENGTH:
+            raise ConfigError(f"{var_dir / 'cookie_secret'} holds no usable secret: delete it (paypush "
+                              "generates a new one) or set COOKIE_SECRET")
+    if len(cookie_secret) < MIN_COOKIE_SECRET_LENGTH:
+        raise ConfigError(
+            f"COOKIE_SECRET is too short ({len(cookie_secret)} of at least {MIN_COOKIE_SECRET_LENGTH} characters); "
+            "it signs logins: set it to random text, as from "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
     log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
     if log_format not in ("text", "json"):
@@ -201,6 +241,16 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     push_route = env.get("PUSH_ROUTE", "").strip().lower() or "ws"
     if push_route not in ("ws", "stomp"):
         raise ConfigError(f"PUSH_ROUTE must be ws or stomp, got {push_route!r}")
+
+    # Outside sandbox an unset passcode means the STOMP route is not set up:
+    # createNative then offers no STOMP credentials, and PUSH_ROUTE=stomp,
+    # which would send every page to it, is refused.
+    stomp_passcode = env.get("STOMP_PASSCODE", "").strip()
+    if not stomp_passcode and sandbox:
+        stomp_passcode = _secret_file(var_dir, "stomp_passcode")
+    if not stomp_passcode and push_route == "stomp":
+        raise ConfigError("PUSH_ROUTE=stomp needs STOMP_PASSCODE outside sandbox mode: the password "
+                          "deploy/rabbitmq-setup.sh gave the browser user (or set PUSH_ROUTE=ws)")
 
     raw_delays = env.get("TIMEOUT_RETRY_DELAYS", "").strip() or "5,30,120,600"
     try:

@@ -12,7 +12,17 @@ from server.metrics import CONTENT_TYPE
 
 
 class HealthzHandler(BaseHandler):
+    """Liveness. External dependencies are /readyz's business, but an embedded
+    MongoDB this process uses is part of it: once that is gone only a restart
+    brings a database back, so the probe fails and the orchestrator restarts us."""
+
     def get(self) -> None:
+        embedded = self.services.embedded_mongo
+        failure = embedded.failure() if embedded is not None else None
+        if failure:
+            self.set_status(503)
+            self.finish({"status": "down", "reason": failure})
+            return
         self.finish({"status": "ok"})
 
 

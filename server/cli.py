@@ -11,8 +11,10 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import aiohttp
+from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 import settings as settings_mod
 from server import logs
@@ -29,17 +31,66 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 6.0  # in-flight work; the whole stop stays under 10 s
 
 
+class StartupError(Exception):
+    """What paypush was pointed at cannot be used (MongoDB, VAR_DIR); the message says what to fix."""
+
+
 @contextlib.contextmanager
-def mongo_url_for(settings: settings_mod.Settings) -> Iterator[str]:
-    """MONGO_URL, or the embedded server's URL (started here unless already running)."""
+def mongo_url_for(settings: settings_mod.Settings) -> Iterator[tuple[str, EmbeddedMongo | None]]:
+    """MONGO_URL, or the embedded server's URL (started here unless already running) and the server."""
     if settings.mongo_url:
-        yield settings.mongo_url
+        yield settings.mongo_url, None
         return
-    embedded = EmbeddedMongo(settings.var_dir / "mongo").attach_or_start()
     try:
-        yield embedded.url
+        embedded = EmbeddedMongo(settings.var_dir / "mongo").attach_or_start()
+    except OSError as exc:
+        raise StartupError(f"VAR_DIR {str(settings.var_dir)!r} is not a directory paypush can write to "
+                           f"({exc.strerror}): set VAR_DIR to one, or MONGO_URL to a MongoDB") from None
+    except RuntimeError as exc:
+        raise StartupError(f"{exc}; or set MONGO_URL to a MongoDB") from None
+    try:
+        yield embedded.url, embedded
     finally:
         embedded.stop()  # only stops what this process started
+
+
+def _mongo_reason(exc: BaseException, url: str) -> str:
+    """The useful first part of a pymongo error, on one line, without the password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for tail in (" (configured timeouts", ", Timeout:", ", full error:"):
+        text = text.split(tail)[0]
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url).password
+        if password and len(password) >= 4:  # shorter ones would garble every word they occur in
+            text = text.replace(password, "***")
+    return text[:300]
+
+
+async def check_mongo(settings: settings_mod.Settings, url: str) -> None:
+    """One ping before anything else, so that a malformed, unreachable or refusing
+    MONGO_URL is one line saying so rather than a traceback from index creation."""
+    try:
+        store = connect(url, settings.mongo_db, settings.mongo_timeout_ms)
+    except (PyMongoError, ValueError) as exc:  # pymongo's URI parser raises both
+        raise StartupError(f"MONGO_URL is not a MongoDB URL ({_mongo_reason(exc, url)}): set it to "
+                           "mongodb://[user:password@]host[:port]/ (user and password percent-encoded), "
+                           "or leave it empty for the embedded server") from None
+    try:
+        await store.ping()
+    except ServerSelectionTimeoutError as exc:
+        raise StartupError(f"MongoDB did not answer within MONGO_TIMEOUT_MS={settings.mongo_timeout_ms} "
+                           f"({_mongo_reason(exc, url)}): start it, or fix MONGO_URL") from None
+    except ConfigurationError as exc:  # e.g. a mongodb+srv:// name with no SRV record
+        raise StartupError(f"MONGO_URL cannot be used ({_mongo_reason(exc, url)}): fix it, or leave it "
+                           "empty for the embedded server") from None
+    except OperationFailure as exc:
+        raise StartupError(f"MongoDB refused paypush ({_mongo_reason(exc, url)}): fix the user, "
+                           "password or authSource in MONGO_URL, or that user's roles") from None
+    except PyMongoError as exc:
+        raise StartupError(f"MongoDB failed paypush's first ping ({_mongo_reason(exc, url)}): "
+                           "check MONGO_URL and the server") from None
+    finally:
+        await store.close()
 
 
 async def wait_for_shutdown_signal() -> str:
@@ -61,8 +112,10 @@ async def wait_for_shutdown_signal() -> str:
     return received[0]
 
 
-async def serve(settings: settings_mod.Settings, mongo_url: str) -> None:
+async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: EmbeddedMongo | None = None) -> None:
+    await check_mongo(settings, mongo_url)
     services = await open_services(settings, mongo_url)
+    services.embedded_mongo = embedded  # /healthz fails when it dies
     await services.start_workers()
     app = make_app(services)
     server = app.listen(settings.port, settings.host, xheaders=True)
@@ -101,6 +154,7 @@ async def run_simulator(settings: settings_mod.Settings, host: str, port: int) -
 
 async def add_user(settings: settings_mod.Settings, mongo_url: str, name: str, password: str,
                    replace: bool) -> bool:
+    await check_mongo(settings, mongo_url)
     store = connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     try:
         return await create_user(store, name, password, replace=replace)
@@ -132,15 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format)
     try:
         if args.command == "serve":
-            with mongo_url_for(settings) as url:
-                asyncio.run(serve(settings, url))
+            with mongo_url_for(settings) as (url, embedded):
+                asyncio.run(serve(settings, url, embedded))
         elif args.command == "create-user":
             password = args.password or getpass.getpass(f"password for {args.name}: ")
-            with mongo_url_for(settings) as url:
+            with mongo_url_for(settings) as (url, _):
                 created = asyncio.run(add_user(settings, url, args.name, password, args.replace))
             print(f"user {args.name} {'created' if created else 'password replaced'}")
         elif args.command == "simulator":
             asyncio.run(run_simulator(settings, args.host, args.port))
+    except StartupError as exc:
+        print(f"paypush: {exc}", file=sys.stderr)
+        return 2
     except InvalidUser as exc:
         print(f"paypush: {exc}", file=sys.stderr)
         return 1

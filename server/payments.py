@@ -50,12 +50,13 @@ class PushRoutes:
     tokens: PushTokens
 
     def for_order(self, order_id: str) -> dict[str, Any]:
-        return {
-            "ws": f"{self.ws_base}/ws/pay?orderId={order_id}",
-            "stomp": {"url": self.stomp_url, "host": self.stomp_host, "login": self.stomp_login,
-                      "passcode": self.stomp_passcode,
-                      "destination": f"/exchange/paynotify/{self.tokens.routing_key(order_id)}"},
-        }
+        routes: dict[str, Any] = {"ws": f"{self.ws_base}/ws/pay?orderId={order_id}"}
+        # No passcode (possible only outside sandbox): the STOMP route is not set up, so it is not offered.
+        if self.stomp_passcode:
+            routes["stomp"] = {"url": self.stomp_url, "host": self.stomp_host, "login": self.stomp_login,
+                               "passcode": self.stomp_passcode,
+                               "destination": f"/exchange/paynotify/{self.tokens.routing_key(order_id)}"}
+        return routes
 
 
 class Payments:

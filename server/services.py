@@ -14,6 +14,7 @@ import aiohttp
 from server import catalog
 from server import store as store_mod
 from server.bus import Bus
+from server.embedded_mongo import EmbeddedMongo
 from server.events import OrderEvents
 from server.metrics import Metrics
 from server.orders import Orders
@@ -51,6 +52,7 @@ class Services:
     timeouts: Timeouts
     simulator: Simulator | None
     metrics: Metrics = field(default_factory=Metrics)
+    embedded_mongo: EmbeddedMongo | None = None  # the one this process uses, when MONGO_URL is empty
     requests_in_flight: int = 0
     timeout_stats: Counter[str] = field(default_factory=Counter)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)

@@ -70,8 +70,9 @@ async def test_json_logs_one_object_per_line_and_no_secrets(env: dict[str, str])
     from tests.notify_client import post_notify
     from tests.shopper import Shopper
 
-    secrets = {"WXPAY_KEY": "K3y" + "q" * 29, "COOKIE_SECRET": "c00kie-" + "z" * 30,
-               "STOMP_PASSCODE": "st0mp-" + "p" * 20}
+    # Sandbox mode takes no merchant key (the simulator would hold it): the
+    # key's turn is test_merchant_secrets_stay_out_of_the_logs_outside_sandbox.
+    secrets = {"COOKIE_SECRET": "c00kie-" + "z" * 30, "STOMP_PASSCODE": "st0mp-" + "p" * 20}
     password = "hunter2-is-my-password"
     made = paypush("create-user", "erin", "--password", password, env={**env, **secrets, "SANDBOX": "1"})
     assert made.returncode == 0, made.stderr
@@ -92,3 +93,71 @@ async def test_json_logs_one_object_per_line_and_no_secrets(env: dict[str, str])
     for secret in [*secrets.values(), password]:
         assert secret not in server.output
     assert any("notify refused" in json.loads(line)["msg"] for line in lines)
+
+
+MERCHANT = {"WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109", "WXPAY_KEY": "K3y" + "q" * 29}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_merchant_secrets_stay_out_of_the_logs_outside_sandbox(env: dict[str, str], amqp_url: str) -> None:
+    """A production-shaped configuration passes every start-up rule, and serves."""
+    from server.wxpay import signing, xmlcodec
+    from tests.notify_client import notify_fields, post_notify
+
+    secrets = {**MERCHANT, "COOKIE_SECRET": "c00kie-" + "z" * 30, "STOMP_PASSCODE": "st0mp-" + "p" * 20}
+    server = ServerProcess({**env, **secrets, "AMQP_URL": amqp_url, "PUBLIC_URL": "https://shop.example.com",
+                            "LOG_FORMAT": "json"}, port=int(env["PORT"])).start()
+    try:
+        assert wait_http(server.base_url + "/readyz") == 200
+        fields = notify_fields({"id": "no-such-order", "pay_money": 1}, appid=MERCHANT["WXPAY_APPID"],
+                               mch_id=MERCHANT["WXPAY_MCH_ID"])
+        _, reply = await post_notify(server.base_url, xmlcodec.render(signing.signed(fields, MERCHANT["WXPAY_KEY"])))
+        assert reply["return_code"] == "FAIL" and "unknown order" in reply["return_msg"]
+    finally:
+        assert server.stop() == 0, server.output
+    assert "SANDBOX MODE" not in server.output
+    assert "https://api.mch.weixin.qq.com" in server.output
+    for secret in ("K3y" + "q" * 29, secrets["COOKIE_SECRET"], secrets["STOMP_PASSCODE"]):
+        assert secret not in server.output
+
+
+def refusal(case: str, tmp_path: Path) -> tuple[dict[str, str], str]:
+    """The environment for one unusable set-up, and the line that must say what to set."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    secrets = {"COOKIE_SECRET": "c00kie-" + "z" * 30, "STOMP_PASSCODE": "st0mp-" + "p" * 20}
+    return {
+        "sandbox-with-the-merchant-key-against-wechat": (
+            {**MERCHANT, "SANDBOX": "1", "WXPAY_API_BASE": "https://api.mch.weixin.qq.com"},
+            "configuration error: SANDBOX=1 with merchant credentials (WXPAY_APPID, WXPAY_MCH_ID, WXPAY_KEY)"),
+        "malformed-mongo-url": (
+            {"MONGO_URL": "mongodb://paypush:s3cret-pw@db:x/"},
+            "MONGO_URL is not a MongoDB URL (Port contains non-digit characters"),
+        "unreachable-mongo": (
+            {"MONGO_URL": f"mongodb://paypush:s3cret-pw@127.0.0.1:{free_port()}/", "MONGO_TIMEOUT_MS": "300"},
+            "MongoDB did not answer within MONGO_TIMEOUT_MS=300 (127.0.0.1:"),
+        "var-dir-is-a-file": (
+            {"VAR_DIR": str(afile)},
+            f"configuration error: VAR_DIR '{afile}' is not a directory paypush can write to (File exists)"),
+        "var-dir-under-a-file-embedded-mongo": (
+            {"VAR_DIR": str(afile / "var"), **secrets},
+            f"VAR_DIR '{afile / 'var'}' is not a directory paypush can write to (Not a directory): "
+            "set VAR_DIR to one, or MONGO_URL"),
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["sandbox-with-the-merchant-key-against-wechat", "malformed-mongo-url",
+                                  "unreachable-mongo", "var-dir-is-a-file", "var-dir-under-a-file-embedded-mongo"])
+@pytest.mark.parametrize("command", [["serve"], ["create-user", "zed", "--password", "zed-pass-123"]],
+                         ids=["serve", "create-user"])
+def test_unusable_setup_is_one_line_and_exit_2(case: str, command: list[str], env: dict[str, str],
+                                               tmp_path: Path) -> None:
+    bad, message = refusal(case, tmp_path)
+    result = paypush(*command, env={**env, **bad})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr  # one line
+    assert message in result.stderr
+    assert result.stderr.startswith("paypush: ")
+    for secret in ("s3cret-pw", MERCHANT["WXPAY_KEY"]):
+        assert secret not in result.stderr
+    assert not (Path(env["VAR_DIR"]) / "mongo").exists()  # refused before any database was started

@@ -75,13 +75,66 @@ def test_the_vhost_is_amqp_urls_path_decoded(amqp_url: str, vhost: str) -> None:
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ({**REAL, "WXPAY_KEY": settings_mod.SANDBOX_KEY}, "sandbox WeChat Pay credentials"),
     ({**REAL, "WXPAY_APPID": settings_mod.SANDBOX_APPID}, "sandbox WeChat Pay credentials"),
-    ({"WXPAY_API_BASE": "https://api.mch.weixin.qq.com"}, "sandbox WeChat Pay credentials"),
+    ({"WXPAY_API_BASE": "https://api.mch.weixin.qq.com"}, "sandbox mode \\(no WXPAY_KEY given\\) with WXPAY_API_BASE"),
     ({**REAL, "PUBLIC_URL": "http://127.0.0.1:8888"}, "PUBLIC_URL"),
     ({**REAL, "PUBLIC_URL": "https://localhost"}, "PUBLIC_URL"),
     ({**REAL, "PUBLIC_URL": "http://[::1]:8080"}, "PUBLIC_URL"),
     ({"TIMEOUT_RETRY_DELAYS": "5,soon"}, "TIMEOUT_RETRY_DELAYS"),
     ({"PUSH_ROUTE": "carrier-pigeon"}, "PUSH_ROUTE"),
+    # Sandbox mode never holds merchant credentials nor talks to WeChat itself.
+    ({**REAL, "SANDBOX": "1", "WXPAY_API_BASE": "https://api.mch.weixin.qq.com"}, "SANDBOX=1 with merchant"),
+    ({"SANDBOX": "1", "WXPAY_KEY": "k" * 32}, "SANDBOX=1 with merchant credentials \\(WXPAY_KEY\\)"),
+    ({"WXPAY_APPID": "wx1234567890abcdef"}, "\\(no WXPAY_KEY given\\) with merchant credentials \\(WXPAY_APPID\\)"),
+    ({"SANDBOX": "1", "WXPAY_MCH_ID": "1900000109"}, "SANDBOX=1 with merchant credentials \\(WXPAY_MCH_ID\\)"),
+    ({"SANDBOX": "1", "WXPAY_API_BASE": "https://api2.mch.weixin.qq.com/"}, "SANDBOX=1 with WXPAY_API_BASE"),
+    ({"WXPAY_API_BASE": "https://apihk.mch.weixin.qq.com"}, "\\(no WXPAY_KEY given\\) with WXPAY_API_BASE"),
+    ({"COOKIE_SECRET": "x"}, "COOKIE_SECRET is too short \\(1 of at least 32 characters\\)"),
+    ({**REAL, "COOKIE_SECRET": "c" * 31}, "COOKIE_SECRET is too short \\(31 of"),
+    ({**REAL, "PUBLIC_URL": "http://shop.example.com"}, "PUBLIC_URL must be https"),
+    ({**REAL, "WXPAY_API_BASE": "http://wxpay-proxy.example.com"}, "WXPAY_API_BASE must be an https URL"),
+    ({**REAL, "WXPAY_API_BASE": "http://api.mch.weixin.qq.com"}, "WXPAY_API_BASE must be an https URL"),
+    ({**REAL, "PUSH_ROUTE": "stomp"}, "PUSH_ROUTE=stomp needs STOMP_PASSCODE"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=names):
         from_environ({"VAR_DIR": str(tmp_path), **env})
+
+
+def test_secrets_do_not_show_in_configuration_errors() -> None:
+    with pytest.raises(ConfigError) as short:
+        from_environ({**REAL, "COOKIE_SECRET": "s3cr3t-but-short"})
+    with pytest.raises(ConfigError) as sandboxed:
+        from_environ({**REAL, "SANDBOX": "1"})
+    assert "s3cr3t-but-short" not in str(short.value)
+    assert "k" * 32 not in str(sandboxed.value)
+
+
+def test_sandbox_takes_the_published_sandbox_credentials(tmp_path: Path) -> None:
+    cfg = from_environ({"VAR_DIR": str(tmp_path), "SANDBOX": "1", "WXPAY_APPID": settings_mod.SANDBOX_APPID,
+                        "WXPAY_MCH_ID": settings_mod.SANDBOX_MCH_ID, "WXPAY_KEY": settings_mod.SANDBOX_KEY})
+    assert cfg.sandbox and cfg.wxpay_key == settings_mod.SANDBOX_KEY
+
+
+def test_stomp_is_optional_outside_sandbox_unless_it_is_the_route() -> None:
+    assert from_environ(REAL).stomp_passcode == ""  # the STOMP route is simply not offered
+    cfg = from_environ({**REAL, "PUSH_ROUTE": "stomp", "STOMP_PASSCODE": "p" * 24})
+    assert (cfg.push_route, cfg.stomp_passcode) == ("stomp", "p" * 24)
+
+
+def test_a_32_character_cookie_secret_is_enough() -> None:
+    assert from_environ({**REAL, "COOKIE_SECRET": "c" * 32}).cookie_secret == "c" * 32
+
+
+@pytest.mark.parametrize("layout", ["file", "under-a-file"])
+def test_unusable_var_dir_names_var_dir(layout: str, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    var_dir = afile if layout == "file" else afile / "var"
+    with pytest.raises(ConfigError, match=r"VAR_DIR .* is not a directory paypush can write to .*COOKIE_SECRET"):
+        from_environ({"VAR_DIR": str(var_dir)})
+
+
+def test_an_emptied_generated_cookie_secret_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "cookie_secret").write_text("")
+    with pytest.raises(ConfigError, match="cookie_secret holds no usable secret: delete it"):
+        from_environ({"VAR_DIR": str(tmp_path)})

@@ -7,7 +7,7 @@
   const orderId = root.dataset.orderId;
   const money = root.dataset.money;
   const state = document.getElementById("state");
-  const route = new URLSearchParams(location.search).get("push") || root.dataset.pushRoute || "ws";
+  let route = new URLSearchParams(location.search).get("push") || root.dataset.pushRoute || "ws";
   const POLL_MS = 2000;
   const POLL_AFTER_FAILURES = 2;
   let finished = false;
@@ -133,6 +133,8 @@
   show("Connecting…", false);
   showQr().then((native) => {
     if (finished) return;
+    // No STOMP offered (no STOMP_PASSCODE on this server): the WebSocket route it always has.
+    if (route === "stomp" && native && !native.push.stomp) route = "ws";
     if (route === "stomp" && native && window.StompJs) connectStomp(native.push.stomp);
     else if (route === "stomp") poll();
     else connectWs();
