@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import tornado.web
 
@@ -18,11 +18,22 @@ def yuan(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
 
 
+# Printable ASCII a Location may carry as it is; the rest is percent-encoded.
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+
+
 def safe_next(target: str) -> str:
-    """Only same-site paths: a login must never bounce the shopper elsewhere."""
-    parts = urlsplit(target)
+    """Only same-site paths: a login must never bounce the shopper elsewhere.
+
+    Control characters send it home: they would split the Location header, and
+    browsers drop tabs and newlines from URLs (``/\t/evil`` is ``//evil``).
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
+    target = quote(target, safe=_URL_SAFE)
+    parts = urlsplit(target)
     if parts.scheme or parts.netloc:
         return "/"
     return target
