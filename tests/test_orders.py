@@ -111,6 +111,34 @@ async def test_non_json_body_is_a_400(shopper: Shopper) -> None:
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_deeply_nested_json_is_a_400(shopper: Shopper, services: Services) -> None:
+    status, body = await shopper.request("POST", "/api/orders", data=b"[" * 60_000,
+                                         headers={"X-XSRFToken": shopper.xsrf})
+    assert status == 400 and body == {"error": "body must be JSON"}
+    assert await services.store.orders.count_documents({}) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_api_bodies_over_64_kib_are_a_413(shopper: Shopper, services: Services) -> None:
+    items = [{"sku_id": "fan-silk", "num": 1}]
+    status, body = await shopper.request("POST", "/api/orders", {"items": items, "pad": "x" * (64 * 1024)})
+    assert status == 413 and "too large" in body["error"]
+    # Sent without a Content-Length, the body is counted as it arrives.
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"items": [{"sku_id": "fan-silk", "num": 1}], "pad": "'
+        for _ in range(80):
+            yield b"x" * 1024
+        yield b'"}'
+    status, body = await shopper.request("POST", "/api/orders", data=chunks(),
+                                         headers={"X-XSRFToken": shopper.xsrf})
+    assert status == 413 and "too large" in body["error"]
+    assert await services.store.orders.count_documents({}) == 0
+    # Just under the limit is an ordinary order.
+    status, _ = await shopper.request("POST", "/api/orders", {"items": items, "pad": "x" * 60000})
+    assert status == 201
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_another_users_order_is_not_found(shopper: Shopper, mallory: Shopper) -> None:
     order = await shopper.order([("fan-silk", 1)])
     for path in (f"/api/orders/{order['id']}", f"/wxpay/createNative?orderId={order['id']}"):
