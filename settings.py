@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 # WeChat's published sandbox-style demo credentials: only ever used against the
 # built-in simulator (start-up refuses them against the real API).
 SANDBOX_APPID = "wxd930ea5d5a258f4f"
@@ -60,6 +62,7 @@ class Settings:
     sweep_interval_seconds: float = 60.0
     sweep_grace_seconds: float = 120.0
     active_query_after_seconds: float = 15.0
+    trusted_proxies: tuple[Network, ...] = ()
 
     @property
     def notify_url(self) -> str:
@@ -113,6 +116,19 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     if parts.scheme not in schemes or not parts.netloc:
         raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
     return value.rstrip("/")
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    """Comma-separated IP addresses or CIDR blocks."""
+    networks = []
+    for part in env.get(name, "").split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name} must be IP addresses or CIDR blocks, comma-separated, "
+                                  f"got {part.strip()!r}") from None
+    return tuple(networks)
 
 
 def _is_loopback(host: str) -> bool:
@@ -232,4 +248,5 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 60.0) or 60.0,
         sweep_grace_seconds=_float(env, "SWEEP_GRACE_SECONDS", 120.0),
         active_query_after_seconds=_float(env, "ACTIVE_QUERY_AFTER_SECONDS", 15.0),
+        trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
     )

@@ -65,7 +65,7 @@ async def serve(settings: settings_mod.Settings, mongo_url: str) -> None:
     services = await open_services(settings, mongo_url)
     await services.start_workers()
     app = make_app(services)
-    server = app.listen(settings.port, settings.host, xheaders=True)
+    server = app.listen(settings.port, settings.host)  # proxy headers: TRUSTED_PROXIES (server/app.py)
     log.info("paypush listening on http://%s:%d (public URL %s)", settings.host, settings.port,
              settings.public_url)
     if settings.sandbox:

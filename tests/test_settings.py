@@ -35,6 +35,12 @@ def test_real_credentials_leave_sandbox_and_point_at_wechat() -> None:
     assert cfg.notify_url == "https://shop.example.com/wxpay/notify"
 
 
+def test_trusted_proxies_are_addresses_and_blocks() -> None:
+    assert from_environ({}).trusted_proxies == ()
+    cfg = from_environ({"TRUSTED_PROXIES": " 10.0.0.7, 172.28.0.0/16 ,::1"})
+    assert [str(n) for n in cfg.trusted_proxies] == ["10.0.0.7/32", "172.28.0.0/16", "::1/128"]
+
+
 def test_sandbox_may_point_at_a_standalone_simulator() -> None:
     cfg = from_environ({"WXPAY_API_BASE": "http://127.0.0.1:8899"})
     assert cfg.sandbox and cfg.wxpay_api_base == "http://127.0.0.1:8899"
@@ -67,6 +73,8 @@ def test_secrets_never_show_in_repr() -> None:
     ({**REAL, "PUBLIC_URL": "http://[::1]:8080"}, "PUBLIC_URL"),
     ({"TIMEOUT_RETRY_DELAYS": "5,soon"}, "TIMEOUT_RETRY_DELAYS"),
     ({"PUSH_ROUTE": "carrier-pigeon"}, "PUSH_ROUTE"),
+    ({"TRUSTED_PROXIES": "10.0.0.1,nginx"}, "TRUSTED_PROXIES"),
+    ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=names):
