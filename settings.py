@@ -63,6 +63,8 @@ class Settings:
     sweep_grace_seconds: float = 120.0
     active_query_after_seconds: float = 15.0
     trusted_proxies: tuple[Network, ...] = ()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     @property
     def notify_url(self) -> str:
@@ -160,6 +162,9 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     port = _int(env, "PORT", 8888)
     if port > 65535:
         raise ConfigError(f"PORT must be at most 65535, got {port}")
+    metrics_port = _int(env, "METRICS_PORT", 9464, minimum=1)
+    if metrics_port > 65535:
+        raise ConfigError(f"METRICS_PORT must be at most 65535, got {metrics_port}")
     public_url = _url(env, "PUBLIC_URL", f"http://{host}:{port}", ("http", "https"))
     var_dir = Path(env.get("VAR_DIR", "").strip() or "var")
 
@@ -249,4 +254,6 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sweep_grace_seconds=_float(env, "SWEEP_GRACE_SECONDS", 120.0),
         active_query_after_seconds=_float(env, "ACTIVE_QUERY_AFTER_SECONDS", 15.0),
         trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+        metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
+        metrics_port=metrics_port,
     )

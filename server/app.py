@@ -93,8 +93,10 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
                         {"path": str(ROOT / "node_modules/@stomp/stompjs/bundles")}),
         tornado.web.url(r"/healthz", health.HealthzHandler, deps),
         tornado.web.url(r"/readyz", health.ReadyzHandler, deps),
-        tornado.web.url(r"/metrics", health.MetricsHandler, deps),
     ]
+    if services.settings.sandbox:
+        # Outside sandbox mode /metrics has a listener of its own (make_metrics_app).
+        routes.append(tornado.web.url(r"/metrics", health.MetricsHandler, deps))
     if services.simulator is not None:
         routes += simulator_app.routes("/sandbox/wxpay", services.simulator)
     settings = services.settings
@@ -112,6 +114,13 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     }
     app_settings.update(overrides)
     return PaypushApplication(routes, settings.trusted_proxies, **app_settings)
+
+
+def make_metrics_app(services: Services) -> tornado.web.Application:
+    """``/metrics`` alone, for METRICS_HOST:METRICS_PORT: what a process counts
+    (orders, notifies, sockets) is for the operator, never for the public port."""
+    return tornado.web.Application([tornado.web.url(r"/metrics", health.MetricsHandler,
+                                                    {"services": services})])
 
 
 def make_simulator_app(sim: simulator_app.Simulator) -> tornado.web.Application:

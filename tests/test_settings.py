@@ -74,6 +74,7 @@ def test_secrets_never_show_in_repr() -> None:
     ({"TIMEOUT_RETRY_DELAYS": "5,soon"}, "TIMEOUT_RETRY_DELAYS"),
     ({"PUSH_ROUTE": "carrier-pigeon"}, "PUSH_ROUTE"),
     ({"TRUSTED_PROXIES": "10.0.0.1,nginx"}, "TRUSTED_PROXIES"),
+    ({"METRICS_PORT": "99999"}, "METRICS_PORT"),
     ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
