@@ -65,6 +65,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
+        # Nothing here is meant to be framed (clickjacking) or, unless it is a
+        # page (PageHandler), to run anything at all if opened as a document.
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected failures get one line; only the unexpected get a traceback.

@@ -10,6 +10,8 @@ import tornado.web
 from handlers.base import COOKIE_DAYS, USER_COOKIE, BaseHandler
 from server import catalog, users
 from server.orders import OrderError
+from server.services import ws_base
+from settings import Settings
 
 MONEY = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
 
@@ -39,7 +41,26 @@ def safe_next(target: str) -> str:
     return target
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def page_csp(settings: Settings) -> str:
+    """What the pages load: scripts and styles from this site only (none
+    inline; the QR is SVG markup put in the DOM), and sockets to this site's
+    /ws/pay and to the STOMP URL the pay page is handed."""
+    connect = " ".join(dict.fromkeys(["'self'", _origin(ws_base(settings.public_url)),
+                                      _origin(settings.stomp_url)]))
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            f"connect-src {connect}; form-action 'self'; base-uri 'none'; object-src 'none'; "
+            "frame-ancestors 'none'")
+
+
 class PageHandler(BaseHandler):
+    def prepare(self) -> None:
+        self.set_header("Content-Security-Policy", page_csp(self.services.settings))
+
     def render_page(self, template: str, **kwargs: object) -> None:
         self.set_header("Cache-Control", "no-store")
         self.render(template, sandbox=self.services.settings.sandbox, yuan=yuan, **kwargs)
