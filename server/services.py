@@ -133,7 +133,8 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     wx = WxPayClient(http, settings.wxpay_api_base, merchant)
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
-    orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues)
+    orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues,
+                    max_unpaid_per_user=settings.max_unpaid_orders_per_user)
     push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.stomp_login,
                       settings.stomp_passcode, tokens)
     payments = Payments(orders, wx, settings.notify_url, push)
