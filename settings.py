@@ -55,6 +55,7 @@ class Settings:
     sandbox: bool = True
     max_sockets_per_user: int = 8
     max_unpaid_orders_per_user: int = 5
+    login_checks_per_second: float = 10.0
     sim_close_min_age_seconds: float = 300.0
     sim_notify_speed: float = 1.0
     log_format: str = "text"
@@ -247,6 +248,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sandbox=sandbox,
         max_sockets_per_user=_int(env, "MAX_SOCKETS_PER_USER", 8, minimum=1),
         max_unpaid_orders_per_user=_int(env, "MAX_UNPAID_ORDERS_PER_USER", 5, minimum=1),
+        login_checks_per_second=_float(env, "LOGIN_CHECKS_PER_SECOND", 10.0) or 10.0,
         sim_close_min_age_seconds=_float(env, "SIM_CLOSE_MIN_AGE_SECONDS", 300.0),
         sim_notify_speed=_float(env, "SIM_NOTIFY_SPEED", 1.0) or 1.0,
         log_format=log_format,

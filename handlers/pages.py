@@ -8,10 +8,16 @@ from urllib.parse import quote, urlsplit
 import tornado.web
 
 from handlers.base import COOKIE_DAYS, USER_COOKIE, BaseHandler
-from server import catalog, users
+from server import catalog
+from server.login_throttle import LoginRefused, log_in
 from server.orders import OrderError
 from server.services import ws_base
 from settings import Settings
+
+# Signed: "this browser has logged in as <user> before". Such a browser is not
+# held back when someone elsewhere is guessing that user's password.
+KNOWN_LOGIN_COOKIE = "known_login"
+KNOWN_LOGIN_DAYS = 90
 
 MONEY = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
 
@@ -81,9 +87,23 @@ class LoginPage(PageHandler):
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
         next_url = safe_next(self.get_body_argument("next", "/"))
-        if await users.authenticate(self.services.store, username, password):
+        known = self.get_signed_cookie(KNOWN_LOGIN_COOKIE, max_age_days=KNOWN_LOGIN_DAYS)
+        try:
+            ok = await log_in(self.services.login_throttle, self.services.store, username, password,
+                              self.request.remote_ip or "", device_known=known == username.encode())
+        except LoginRefused as exc:
+            self.set_status(exc.status)
+            self.set_header("Retry-After", str(exc.retry_after))
+            wait = f"{exc.retry_after} seconds" if exc.retry_after < 120 else f"{exc.retry_after // 60} minutes"
+            self.render_page("login.html", username=username, next_url=next_url,
+                             error=f"Too many attempts: try again in {wait}." if exc.status == 429
+                             else f"Too many logins right now: try again in {wait}.")
+            return
+        if ok:
             secure = self.services.settings.public_url.startswith("https://")
             self.set_signed_cookie(USER_COOKIE, username, expires_days=COOKIE_DAYS,
+                                   httponly=True, samesite="Lax", secure=secure)
+            self.set_signed_cookie(KNOWN_LOGIN_COOKIE, username, expires_days=KNOWN_LOGIN_DAYS,
                                    httponly=True, samesite="Lax", secure=secure)
             self.redirect(next_url)
             return

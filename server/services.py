@@ -15,6 +15,7 @@ from server import catalog
 from server import store as store_mod
 from server.bus import Bus
 from server.events import OrderEvents
+from server.login_throttle import LoginLimits, LoginThrottle
 from server.metrics import Metrics
 from server.orders import Orders
 from server.payments import Payments, PushRoutes
@@ -51,6 +52,7 @@ class Services:
     timeouts: Timeouts
     simulator: Simulator | None
     metrics: Metrics = field(default_factory=Metrics)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     requests_in_flight: int = 0
     timeout_stats: Counter[str] = field(default_factory=Counter)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -64,6 +66,8 @@ class Services:
                        lambda: self.timeouts.outcomes)
         m.counter_from("paypush_timeout_messages", "Timeout queue messages", "kind",
                        lambda: dict(self.timeout_stats))
+        m.counter_from("paypush_logins", "Login attempts by outcome (ok, failed, refused, busy)", "outcome",
+                       lambda: dict(self.login_throttle.outcomes))
         self.orders.on_transition = lambda name: m.orders.labels(name).inc()
         self.events.deliver_locally = self.hub.dispatch
 
@@ -147,4 +151,5 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
         await catalog.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
-                    Timeouts(orders, payments, wx), simulator)
+                    Timeouts(orders, payments, wx), simulator,
+                    login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)))

@@ -22,6 +22,8 @@ def test_defaults_are_sandbox_with_generated_private_secrets(tmp_path: Path) -> 
     assert cfg.notify_url == "http://127.0.0.1:8888/wxpay/notify"
     assert cfg.wxpay_key == settings_mod.SANDBOX_KEY
     assert cfg.order_timeout_seconds == 3600 and cfg.max_sockets_per_user == 8
+    assert cfg.max_unpaid_orders_per_user == 5 and cfg.login_checks_per_second == 10.0
+    assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9464) and cfg.trusted_proxies == ()
     secret_file = tmp_path / "cookie_secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert cfg.cookie_secret == secret_file.read_text()
@@ -75,6 +77,8 @@ def test_secrets_never_show_in_repr() -> None:
     ({"PUSH_ROUTE": "carrier-pigeon"}, "PUSH_ROUTE"),
     ({"TRUSTED_PROXIES": "10.0.0.1,nginx"}, "TRUSTED_PROXIES"),
     ({"METRICS_PORT": "99999"}, "METRICS_PORT"),
+    ({"MAX_UNPAID_ORDERS_PER_USER": "0"}, "MAX_UNPAID_ORDERS_PER_USER"),
+    ({"LOGIN_CHECKS_PER_SECOND": "-1"}, "LOGIN_CHECKS_PER_SECOND"),
     ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
