@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from urllib.parse import quote, urlsplit
 
@@ -94,7 +95,8 @@ class LoginPage(PageHandler):
         except LoginRefused as exc:
             self.set_status(exc.status)
             self.set_header("Retry-After", str(exc.retry_after))
-            wait = f"{exc.retry_after} seconds" if exc.retry_after < 120 else f"{exc.retry_after // 60} minutes"
+            n = exc.retry_after
+            wait = "a second" if n == 1 else f"{n} seconds" if n < 120 else f"{math.ceil(n / 60)} minutes"
             self.render_page("login.html", username=username, next_url=next_url,
                              error=f"Too many attempts: try again in {wait}." if exc.status == 429
                              else f"Too many logins right now: try again in {wait}.")
