@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 # WeChat's published sandbox-style demo credentials: only ever used against the
 # built-in simulator (start-up refuses them against the real API).
 SANDBOX_APPID = "wxd930ea5d5a258f4f"
@@ -57,6 +59,8 @@ class Settings:
     cookie_secret: str = field(default="", repr=False)
     sandbox: bool = True
     max_sockets_per_user: int = 8
+    max_unpaid_orders_per_user: int = 5
+    login_checks_per_second: float = 10.0
     sim_close_min_age_seconds: float = 300.0
     sim_notify_speed: float = 1.0
     log_format: str = "text"
@@ -65,6 +69,9 @@ class Settings:
     sweep_interval_seconds: float = 60.0
     sweep_grace_seconds: float = 120.0
     active_query_after_seconds: float = 15.0
+    trusted_proxies: tuple[Network, ...] = ()
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     @property
     def notify_url(self) -> str:
@@ -127,6 +134,19 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     return value.rstrip("/")
 
 
+def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
+    """Comma-separated IP addresses or CIDR blocks."""
+    networks = []
+    for part in env.get(name, "").split(","):
+        if part.strip():
+            try:
+                networks.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name} must be IP addresses or CIDR blocks, comma-separated, "
+                                  f"got {part.strip()!r}") from None
+    return tuple(networks)
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost", "0.0.0.0", ""):
         return True
@@ -166,6 +186,9 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     port = _int(env, "PORT", 8888)
     if port > 65535:
         raise ConfigError(f"PORT must be at most 65535, got {port}")
+    metrics_port = _int(env, "METRICS_PORT", 9464, minimum=1)
+    if metrics_port > 65535:
+        raise ConfigError(f"METRICS_PORT must be at most 65535, got {metrics_port}")
     public_url = _url(env, "PUBLIC_URL", f"http://{host}:{port}", ("http", "https"))
     var_dir = Path(env.get("VAR_DIR", "").strip() or "var")
 
@@ -281,6 +304,8 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         cookie_secret=cookie_secret,
         sandbox=sandbox,
         max_sockets_per_user=_int(env, "MAX_SOCKETS_PER_USER", 8, minimum=1),
+        max_unpaid_orders_per_user=_int(env, "MAX_UNPAID_ORDERS_PER_USER", 5, minimum=1),
+        login_checks_per_second=_float(env, "LOGIN_CHECKS_PER_SECOND", 10.0) or 10.0,
         sim_close_min_age_seconds=_float(env, "SIM_CLOSE_MIN_AGE_SECONDS", 300.0),
         sim_notify_speed=_float(env, "SIM_NOTIFY_SPEED", 1.0) or 1.0,
         log_format=log_format,
@@ -289,4 +314,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 60.0) or 60.0,
         sweep_grace_seconds=_float(env, "SWEEP_GRACE_SECONDS", 120.0),
         active_query_after_seconds=_float(env, "ACTIVE_QUERY_AFTER_SECONDS", 15.0),
+        trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+        metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
+        metrics_port=metrics_port,
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import tornado.web
 from pymongo.errors import PyMongoError
+from tornado.http1connection import HTTP1Connection
 
 from server.orders import OrderError
 from server.services import Services
@@ -16,6 +17,11 @@ log = logging.getLogger(__name__)
 
 USER_COOKIE = "user"
 COOKIE_DAYS = 7
+# API bodies are a few hundred bytes; Tornado's own default would buffer 100 MB.
+MAX_JSON_BODY = 64 * 1024
+# Up to this much is read and dropped, so the client is still reading when the
+# 413 comes; a larger body is refused at once and the connection closed.
+DISCARD_BODY = 1024 * 1024
 
 
 def user_from_cookie(handler: tornado.web.RequestHandler) -> str | None:
@@ -59,6 +65,10 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
+        # Nothing here is meant to be framed (clickjacking) or, unless it is a
+        # page (PageHandler), to run anything at all if opened as a document.
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected failures get one line; only the unexpected get a traceback.
@@ -69,17 +79,41 @@ class BaseHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
 
+@tornado.web.stream_request_body
 class JsonHandler(BaseHandler):
-    """API handler: JSON bodies in and out, ``{"error": ...}`` with 4xx/5xx."""
+    """API handler: JSON bodies in and out, ``{"error": ...}`` with 4xx/5xx.
+
+    The body is streamed so that its size is checked as it arrives: at most
+    ``MAX_JSON_BODY`` bytes are ever kept, and a larger one is a 413.
+    """
 
     def prepare(self) -> None:
+        self._body = bytearray()
+        self._too_large = False
         if self.current_user is None:
             raise tornado.web.HTTPError(401, reason="log in first")
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > DISCARD_BODY:
+            raise tornado.web.HTTPError(413, reason=f"body too large (at most {MAX_JSON_BODY} bytes)")
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            # A chunked body past this is cut off by Tornado itself.
+            connection.set_max_body_size(DISCARD_BODY)
+
+    def data_received(self, chunk: bytes) -> None:
+        if len(self._body) + len(chunk) > MAX_JSON_BODY:
+            self._too_large = True
+            self._body.clear()
+        elif not self._too_large:
+            self._body += chunk
 
     def json_body(self) -> Any:
+        if self._too_large:
+            raise tornado.web.HTTPError(413, reason=f"body too large (at most {MAX_JSON_BODY} bytes)")
         try:
-            return json.loads(self.request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
+            return json.loads(bytes(self._body) or b"null")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: a few thousand nested brackets, well inside the size limit.
             raise tornado.web.HTTPError(400, reason="body must be JSON") from None
 
     def send_json(self, payload: Any, status: int = 200) -> None:

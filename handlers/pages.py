@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
 import re
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import tornado.web
 
 from handlers.base import COOKIE_DAYS, USER_COOKIE, BaseHandler
-from server import catalog, users
+from server import catalog
+from server.login_throttle import LoginRefused, log_in
 from server.orders import OrderError
+from server.services import ws_base
+from settings import Settings
+
+# Signed: "this browser has logged in as <user> before". Such a browser is not
+# held back when someone elsewhere is guessing that user's password.
+KNOWN_LOGIN_COOKIE = "known_login"
+KNOWN_LOGIN_DAYS = 90
 
 MONEY = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
 
@@ -18,17 +27,47 @@ def yuan(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
 
 
+# Printable ASCII a Location may carry as it is; the rest is percent-encoded.
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+
+
 def safe_next(target: str) -> str:
-    """Only same-site paths: a login must never bounce the shopper elsewhere."""
-    parts = urlsplit(target)
+    """Only same-site paths: a login must never bounce the shopper elsewhere.
+
+    Control characters send it home: they would split the Location header, and
+    browsers drop tabs and newlines from URLs (``/\t/evil`` is ``//evil``).
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        return "/"
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
         return "/"
+    target = quote(target, safe=_URL_SAFE)
+    parts = urlsplit(target)
     if parts.scheme or parts.netloc:
         return "/"
     return target
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def page_csp(settings: Settings) -> str:
+    """What the pages load: scripts and styles from this site only (none
+    inline; the QR is SVG markup put in the DOM), and sockets to this site's
+    /ws/pay and to the STOMP URL the pay page is handed."""
+    connect = " ".join(dict.fromkeys(["'self'", _origin(ws_base(settings.public_url)),
+                                      _origin(settings.stomp_url)]))
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+            f"connect-src {connect}; form-action 'self'; base-uri 'none'; object-src 'none'; "
+            "frame-ancestors 'none'")
+
+
 class PageHandler(BaseHandler):
+    def prepare(self) -> None:
+        self.set_header("Content-Security-Policy", page_csp(self.services.settings))
+
     def render_page(self, template: str, **kwargs: object) -> None:
         self.set_header("Cache-Control", "no-store")
         self.render(template, sandbox=self.services.settings.sandbox, yuan=yuan, **kwargs)
@@ -49,9 +88,24 @@ class LoginPage(PageHandler):
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "")
         next_url = safe_next(self.get_body_argument("next", "/"))
-        if await users.authenticate(self.services.store, username, password):
+        known = self.get_signed_cookie(KNOWN_LOGIN_COOKIE, max_age_days=KNOWN_LOGIN_DAYS)
+        try:
+            ok = await log_in(self.services.login_throttle, self.services.store, username, password,
+                              self.request.remote_ip or "", device_known=known == username.encode())
+        except LoginRefused as exc:
+            self.set_status(exc.status)
+            self.set_header("Retry-After", str(exc.retry_after))
+            n = exc.retry_after
+            wait = "a second" if n == 1 else f"{n} seconds" if n < 120 else f"{math.ceil(n / 60)} minutes"
+            self.render_page("login.html", username=username, next_url=next_url,
+                             error=f"Too many attempts: try again in {wait}." if exc.status == 429
+                             else f"Too many logins right now: try again in {wait}.")
+            return
+        if ok:
             secure = self.services.settings.public_url.startswith("https://")
             self.set_signed_cookie(USER_COOKIE, username, expires_days=COOKIE_DAYS,
+                                   httponly=True, samesite="Lax", secure=secure)
+            self.set_signed_cookie(KNOWN_LOGIN_COOKIE, username, expires_days=KNOWN_LOGIN_DAYS,
                                    httponly=True, samesite="Lax", secure=secure)
             self.redirect(next_url)
             return

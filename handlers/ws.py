@@ -133,7 +133,7 @@ class PaySocket(tornado.websocket.WebSocketHandler):
         # The page only ever sends {"type": "ping"}; anything else is a broken client.
         try:
             ok = isinstance(message, str) and json.loads(message) == {"type": "ping"}
-        except ValueError:
+        except (ValueError, RecursionError):
             ok = False
         if ok:
             self.write_message('{"type": "pong"}')

@@ -2,16 +2,76 @@
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import tornado.httputil
 import tornado.web
 
 from handlers import api, health, notify, pages, ws
 from server.services import Services
 from server.simulator import app as simulator_app
+from settings import Network
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    ip = _ip(address)
+    return ip is not None and any(ip in net for net in proxies)
+
+
+def forwarded_client(peer: str, headers: tornado.httputil.HTTPHeaders,
+                     proxies: Sequence[Network]) -> str:
+    """The client's address: the peer's, unless the peer is one of our proxies.
+
+    Behind trusted proxies, ``X-Forwarded-For`` is read from the right (each
+    proxy appends the address it saw) past our own proxies; the first address
+    that is not one of them is the client. Anything before it was written by
+    the client and is not believed. ``X-Real-IP`` is the fallback.
+    """
+    if not _trusted(peer, proxies):
+        return peer
+    hops = [h.strip() for h in headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if _ip(hop) is None:
+            return peer  # a proxy would not have written that
+        if not _trusted(hop, proxies):
+            return hop
+    if hops:
+        return hops[0]  # every hop is ours: the request started inside
+    real = headers.get("X-Real-IP", "")
+    return real.strip() if _ip(real) is not None else peer
+
+
+class PaypushApplication(tornado.web.Application):
+    """Tornado's ``xheaders`` believes X-Real-IP from anyone; here the proxy
+    headers count only when the peer is in ``TRUSTED_PROXIES``."""
+
+    def __init__(self, routes: list[tornado.web.URLSpec], trusted_proxies: Sequence[Network] = (),
+                 **settings: Any):
+        super().__init__(routes, **settings)
+        self.trusted_proxies = tuple(trusted_proxies)
+
+    def find_handler(self, request: tornado.httputil.HTTPServerRequest,
+                     **kwargs: Any) -> tornado.web._HandlerDelegate:
+        # Called once per request, before any handler (or the access log) sees it.
+        peer = request.remote_ip or ""
+        if self.trusted_proxies and _trusted(peer, self.trusted_proxies):
+            request.remote_ip = forwarded_client(peer, request.headers, self.trusted_proxies)
+            proto = request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip()
+            if proto in ("http", "https"):
+                request.protocol = proto
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
@@ -33,8 +93,10 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
                         {"path": str(ROOT / "node_modules/@stomp/stompjs/bundles")}),
         tornado.web.url(r"/healthz", health.HealthzHandler, deps),
         tornado.web.url(r"/readyz", health.ReadyzHandler, deps),
-        tornado.web.url(r"/metrics", health.MetricsHandler, deps),
     ]
+    if services.settings.sandbox:
+        # Outside sandbox mode /metrics has a listener of its own (make_metrics_app).
+        routes.append(tornado.web.url(r"/metrics", health.MetricsHandler, deps))
     if services.simulator is not None:
         routes += simulator_app.routes("/sandbox/wxpay", services.simulator)
     settings = services.settings
@@ -51,7 +113,14 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "websocket_max_message_size": 4096,
     }
     app_settings.update(overrides)
-    return tornado.web.Application(routes, **app_settings)
+    return PaypushApplication(routes, settings.trusted_proxies, **app_settings)
+
+
+def make_metrics_app(services: Services) -> tornado.web.Application:
+    """``/metrics`` alone, for METRICS_HOST:METRICS_PORT: what a process counts
+    (orders, notifies, sockets) is for the operator, never for the public port."""
+    return tornado.web.Application([tornado.web.url(r"/metrics", health.MetricsHandler,
+                                                    {"services": services})])
 
 
 def make_simulator_app(sim: simulator_app.Simulator) -> tornado.web.Application:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
+from server.orders import max_per_order
 from server.store import Store
 from server.users import InvalidUser, create_user
 
@@ -22,11 +23,13 @@ DEMO_SKUS: tuple[tuple[str, str, int, int], ...] = (
     ("fan-silk", "Silk folding fan", 2500, 20),
     ("card-sticker", "Sticker card (limited)", 1, 5),
 )
+# A limited item: one shopper's order cannot take the whole run.
+DEMO_MAX_PER_ORDER = {"card-sticker": 2}
 
 
 def sku_json(doc: dict[str, Any]) -> dict[str, Any]:
     return {"id": doc["_id"], "name": doc["name"], "price": int(doc["price"]),
-            "stock": int(doc["stock"])}
+            "stock": int(doc["stock"]), "max_per_order": max_per_order(doc)}
 
 
 async def list_skus(store: Store) -> list[dict[str, Any]]:
@@ -34,11 +37,14 @@ async def list_skus(store: Store) -> list[dict[str, Any]]:
     return [sku_json(d) for d in docs]
 
 
-async def add_sku(store: Store, sku_id: str, name: str, price: int, stock: int) -> bool:
+async def add_sku(store: Store, sku_id: str, name: str, price: int, stock: int,
+                  max_per_order: int | None = None) -> bool:
     """Insert a SKU unless one with that id exists (stock is never reset by a re-seed)."""
+    doc: dict[str, Any] = {"_id": sku_id, "name": name, "price": price, "stock": stock, "holds": {}}
+    if max_per_order is not None:
+        doc["max_per_order"] = max_per_order
     try:
-        await store.skus.insert_one({"_id": sku_id, "name": name, "price": price,
-                                     "stock": stock, "holds": {}})
+        await store.skus.insert_one(doc)
         return True
     except DuplicateKeyError:
         return False
@@ -46,7 +52,7 @@ async def add_sku(store: Store, sku_id: str, name: str, price: int, stock: int) 
 
 async def seed_demo(store: Store) -> None:
     for sku_id, name, price, stock in DEMO_SKUS:
-        await add_sku(store, sku_id, name, price, stock)
+        await add_sku(store, sku_id, name, price, stock, DEMO_MAX_PER_ORDER.get(sku_id))
     # Already there: keep whatever password it has now.
     with contextlib.suppress(InvalidUser):
         await create_user(store, DEMO_USER, DEMO_PASSWORD)

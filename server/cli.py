@@ -18,7 +18,7 @@ from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, S
 
 import settings as settings_mod
 from server import logs
-from server.app import make_app, make_simulator_app
+from server.app import make_app, make_metrics_app, make_simulator_app
 from server.catalog import DEMO_PASSWORD, DEMO_USER
 from server.embedded_mongo import EmbeddedMongo
 from server.services import open_services
@@ -118,9 +118,13 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     services.embedded_mongo = embedded  # /healthz fails when it dies
     await services.start_workers()
     app = make_app(services)
-    server = app.listen(settings.port, settings.host, xheaders=True)
+    server = app.listen(settings.port, settings.host)  # proxy headers: TRUSTED_PROXIES (server/app.py)
     log.info("paypush listening on http://%s:%d (public URL %s)", settings.host, settings.port,
              settings.public_url)
+    metrics_server = None
+    if not settings.sandbox:  # sandbox: /metrics is on the main listener
+        metrics_server = make_metrics_app(services).listen(settings.metrics_port, settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     if settings.sandbox:
         log.warning("SANDBOX MODE: WeChat Pay is the built-in simulator at %s; no real money moves",
                     settings.simulator_base)
@@ -130,6 +134,8 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     log.info("%s received: shutting down", name)
     started = time.monotonic()
     server.stop()  # no new connections
+    if metrics_server is not None:
+        metrics_server.stop()
     services.hub.close_all()  # 1001: pages reconnect to another process
     await services.finish_in_flight(within=SHUTDOWN_GRACE_SECONDS)
     with contextlib.suppress(TimeoutError):

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 RESERVING, UNPAID, PAID, CLOSED, REJECTED = "reserving", "unpaid", "paid", "closed", "rejected"
 VISIBLE = (UNPAID, PAID, CLOSED)
 MAX_LINES = 20
+# Per SKU per order; a SKU document's ``max_per_order`` can lower it (scarce items).
 MAX_NUM = 99
 # SKU ids become field names in ``holds``: no dots, no leading "$".
 SKU_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -53,6 +54,13 @@ class OutOfStock(OrderError):
     def __init__(self, sku_id: str):
         super().__init__(f"not enough stock for {sku_id}")
         self.sku_id = sku_id
+
+
+class TooManyUnpaidOrders(OrderError):
+    status = 429
+
+    def __init__(self, limit: int):
+        super().__init__(f"you already have {limit} unpaid orders: pay one or let it expire first")
 
 
 class OrderNotFound(OrderError):
@@ -100,6 +108,12 @@ def parse_lines(payload: Any) -> list[Line]:
     return [Line(s, n) for s, n in sorted(merged.items())]
 
 
+def max_per_order(sku: dict[str, Any]) -> int:
+    """How many of this SKU one order may take."""
+    limit = sku.get("max_per_order")
+    return min(int(limit), MAX_NUM) if isinstance(limit, int) and limit > 0 else MAX_NUM
+
+
 def log_entry(kind: str, who: str, remarks: str) -> dict[str, Any]:
     """``$set`` fields for the order's one log entry of ``kind``."""
     return {f"logs.{kind}": {"who": who, "remarks": remarks[:200], "at": time.time()}}
@@ -134,9 +148,10 @@ def _iso(ts: float) -> str:
 
 class Orders:
     def __init__(self, store: Store, timeout_seconds: int, events: OrderEvents,
-                 deadlines: TimeoutQueues | None = None):
+                 deadlines: TimeoutQueues | None = None, max_unpaid_per_user: int = 5):
         self.store = store
         self.timeout_seconds = timeout_seconds
+        self.max_unpaid_per_user = max_unpaid_per_user
         self.events = events
         self.deadlines = deadlines
         self._tasks: set[asyncio.Task[None]] = set()
@@ -148,6 +163,9 @@ class Orders:
         for ln in lines:
             if ln.sku_id not in skus:
                 raise BadOrder(f"unknown sku_id {ln.sku_id}")
+            limit = max_per_order(skus[ln.sku_id])
+            if ln.num > limit:
+                raise BadOrder(f"at most {limit} of {ln.sku_id} per order")
         now = time.time()
         items = [{"sku_id": ln.sku_id, "name": skus[ln.sku_id]["name"],
                   "price": int(skus[ln.sku_id]["price"]), "num": ln.num} for ln in lines]
@@ -163,6 +181,16 @@ class Orders:
         # The order exists before any stock moves, so a crash part-way leaves a
         # "reserving" order whose holds can be found and given back.
         await self.store.orders.insert_one(order)
+        # Counted after our own insert: of two parallel orders each sees the
+        # other (or one of them sees it), so the cap holds without a
+        # transaction; near the cap both may be refused, never both accepted.
+        # Refused before any stock is held, so there is nothing to give back.
+        held = await self.store.orders.count_documents({"user": user, "status": {"$in": [RESERVING, UNPAID]}})
+        if held > self.max_unpaid_per_user:
+            await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
+                                               {"$set": {"status": REJECTED}})
+            log.info("order by %s refused: %d unpaid orders already", user, held - 1)
+            raise TooManyUnpaidOrders(self.max_unpaid_per_user)
         for ln in lines:
             if not await self._hold(order["_id"], ln):
                 await self.release_reservation(order, to=REJECTED)

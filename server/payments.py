@@ -98,8 +98,9 @@ class Payments:
                 raise OrderNotPayable("order is already paid") from None
             if exc.err_code == "ORDERCLOSED":
                 raise OrderNotPayable("order is closed") from None
+            # The detail (hosts, WeChat's own wording) is for the log; the shopper gets no internals.
             log.warning("unifiedorder for %s failed: %s", order["_id"], exc)
-            raise PaymentBackendError(f"WeChat Pay: {exc}") from None
+            raise PaymentBackendError("WeChat Pay is unavailable, try again shortly") from None
         await self.orders.remember_code_url(order["_id"], reply["code_url"], reply.get("prepay_id", ""))
         return reply["code_url"]
 

@@ -16,6 +16,7 @@ from server import store as store_mod
 from server.bus import Bus
 from server.embedded_mongo import EmbeddedMongo
 from server.events import OrderEvents
+from server.login_throttle import LoginLimits, LoginThrottle
 from server.metrics import Metrics
 from server.orders import Orders
 from server.payments import Payments, PushRoutes
@@ -53,6 +54,7 @@ class Services:
     simulator: Simulator | None
     metrics: Metrics = field(default_factory=Metrics)
     embedded_mongo: EmbeddedMongo | None = None  # the one this process uses, when MONGO_URL is empty
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     requests_in_flight: int = 0
     timeout_stats: Counter[str] = field(default_factory=Counter)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
@@ -66,6 +68,8 @@ class Services:
                        lambda: self.timeouts.outcomes)
         m.counter_from("paypush_timeout_messages", "Timeout queue messages", "kind",
                        lambda: dict(self.timeout_stats))
+        m.counter_from("paypush_logins", "Login attempts by outcome (ok, failed, refused, busy)", "outcome",
+                       lambda: dict(self.login_throttle.outcomes))
         self.orders.on_transition = lambda name: m.orders.labels(name).inc()
         self.events.deliver_locally = self.hub.dispatch
 
@@ -135,7 +139,8 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     wx = WxPayClient(http, settings.wxpay_api_base, merchant)
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
-    orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues)
+    orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues,
+                    max_unpaid_per_user=settings.max_unpaid_orders_per_user)
     push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.amqp_vhost,
                       settings.stomp_login, settings.stomp_passcode, tokens)
     payments = Payments(orders, wx, settings.notify_url, push)
@@ -148,4 +153,5 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
         await catalog.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
-                    Timeouts(orders, payments, wx), simulator)
+                    Timeouts(orders, payments, wx), simulator,
+                    login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)))

@@ -51,5 +51,7 @@ def connect(url: str, db_name: str, timeout_ms: int = 3000) -> Store:
 async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("user", ASCENDING), ("created_at", ASCENDING)])
     await store.orders.create_index([("status", ASCENDING), ("created_at", ASCENDING)])
+    # Counting a user's unpaid orders on every new one (MAX_UNPAID_ORDERS_PER_USER).
+    await store.orders.create_index([("user", ASCENDING), ("status", ASCENDING)])
     # One entry per (order, kind): what makes every side effect's log idempotent.
     await store.orders.create_index([("pending_event", ASCENDING)], sparse=True)

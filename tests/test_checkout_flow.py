@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -89,3 +90,17 @@ async def test_pages_walk_from_shop_to_success(shopper: Shopper) -> None:
     assert status == 200 and "¥25.00" in page
     status, page = await shopper.request("GET", "/paysuccess.html?money=<script>")
     assert status == 200 and "<script>" not in page.split("<main>")[1]
+
+
+@pytest.mark.parametrize("extra_settings", [{"wxpay_api_base": "http://127.0.0.1:9/internal-gateway"}])
+@pytest.mark.gen_test(timeout=30)
+async def test_wechat_failure_is_a_generic_502_and_the_detail_is_logged(
+        extra_settings: dict[str, object], shopper: Shopper, caplog: pytest.LogCaptureFixture) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    with caplog.at_level(logging.WARNING):
+        status, body = await shopper.request("GET", f"/wxpay/createNative?orderId={order['id']}")
+    assert status == 502
+    assert body == {"error": "WeChat Pay is unavailable, try again shortly"}
+    # Where WeChat was called and how it failed is for the log, not the shopper.
+    assert any(order["id"] in r.getMessage() and "UNREACHABLE" in r.getMessage() and "127.0.0.1:9" in r.getMessage()
+               for r in caplog.records)

@@ -49,6 +49,13 @@ async def test_login_without_xsrf_is_refused(http_server, base_url: str) -> None
     ("//evil.example/", "/"),
     ("/\\evil.example", "/"),
     ("javascript:alert(1)", "/"),
+    # Control characters would split the Location header (and answered 500
+    # after the login cookie was set); browsers drop tabs and newlines in URLs.
+    ("/\r\nSet-Cookie: injected=1", "/"),
+    ("/\nx", "/"),
+    ("/\t/evil.example", "/"),
+    ("/shop\x7f", "/"),
+    ("/\u5546\u5e97?q=\u8336 x", "/%E5%95%86%E5%BA%97?q=%E8%8C%B6%20x"),
 ])
 @pytest.mark.gen_test(timeout=30)
 async def test_login_redirects_only_within_the_site(target: str, expected: str, http_server,  # type: ignore[no-untyped-def]

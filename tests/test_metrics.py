@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
 
 import pytest
 
+from server.embedded_mongo import free_port
 from tests.notify_client import post_notify, signed_notify
+from tests.processes import ServerProcess, base_env
 from tests.shopper import Shopper
 from tests.sockets import PageSocket
 
@@ -62,3 +68,30 @@ async def test_metrics_time_garbage_collections(shopper: Shopper) -> None:
     name = "paypush_gc_pause_seconds_count"
     assert sample(after, name, 'generation="2"') >= sample(before, name, 'generation="2"') + 1
     assert sample(after, "paypush_gc_pause_seconds_sum", 'generation="2"') > 0
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_outside_sandbox_metrics_have_their_own_listener(tmp_path: Path, mongo_url: str, amqp_url: str) -> None:
+    metrics_port = free_port()
+    env = base_env(tmp_path / "var", MONGO_URL=mongo_url, MONGO_DB=f"t{uuid.uuid4().hex[:12]}", AMQP_URL=amqp_url,
+                   WXPAY_APPID="wx1234567890abcdef", WXPAY_MCH_ID="1900000109", WXPAY_KEY="k" * 32,
+                   COOKIE_SECRET="metrics-" + uuid.uuid4().hex, STOMP_PASSCODE="p" * 16,
+                   PUBLIC_URL="https://shop.example.com", METRICS_PORT=str(metrics_port))
+    server = ServerProcess(env).start()
+    try:
+        assert http_get(server.base_url + "/metrics")[0] == 404
+        assert http_get(server.base_url + "/healthz")[0] == 200
+        status, text = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200 and sample(text, "paypush_open_sockets") == 0
+        assert http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 404  # metrics only
+    finally:
+        assert server.stop() == 0, server.output
+    assert "SANDBOX MODE" not in server.output
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in server.output

@@ -37,7 +37,8 @@ def cluster(tmp_path: Path, mongo_url: str, amqp_url: str) -> Iterator[tuple[str
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     env = base_env(tmp_path / "var", MONGO_URL=mongo_url, MONGO_DB=f"t{uuid.uuid4().hex[:12]}", AMQP_URL=amqp_url,
-                   COOKIE_SECRET="nginx-" + uuid.uuid4().hex, SANDBOX="1", PUBLIC_URL=public)
+                   COOKIE_SECRET="nginx-" + uuid.uuid4().hex, SANDBOX="1", PUBLIC_URL=public,
+                   TRUSTED_PROXIES="127.0.0.1")
     a, b = ServerProcess(env).start(), ServerProcess(env).start()
     conf = (ROOT / "deploy" / "nginx.conf").read_text()
     conf = conf.replace("server paypush1:8888", f"server 127.0.0.1:{a.port}")

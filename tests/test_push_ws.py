@@ -61,6 +61,7 @@ async def test_foreign_origin_is_refused(shopper: Shopper, base_url: str) -> Non
 
 @pytest.mark.parametrize("frame, code", [
     ("hello", 4400), ('{"type": "paid"}', 4400), (b"\x00\x01binary", 4400), ("x" * 10000, 1009),
+    ("[" * 4000, 4400),  # deeper than json's recursion limit
 ])
 @pytest.mark.gen_test(timeout=30)
 async def test_malformed_frames_get_a_clean_close(frame: str | bytes, code: int, shopper: Shopper,

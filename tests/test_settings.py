@@ -22,6 +22,8 @@ def test_defaults_are_sandbox_with_generated_private_secrets(tmp_path: Path) -> 
     assert cfg.notify_url == "http://127.0.0.1:8888/wxpay/notify"
     assert cfg.wxpay_key == settings_mod.SANDBOX_KEY
     assert cfg.order_timeout_seconds == 3600 and cfg.max_sockets_per_user == 8
+    assert cfg.max_unpaid_orders_per_user == 5 and cfg.login_checks_per_second == 10.0
+    assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9464) and cfg.trusted_proxies == ()
     secret_file = tmp_path / "cookie_secret"
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert cfg.cookie_secret == secret_file.read_text()
@@ -33,6 +35,12 @@ def test_real_credentials_leave_sandbox_and_point_at_wechat() -> None:
     assert not cfg.sandbox
     assert cfg.wxpay_api_base == "https://api.mch.weixin.qq.com"
     assert cfg.notify_url == "https://shop.example.com/wxpay/notify"
+
+
+def test_trusted_proxies_are_addresses_and_blocks() -> None:
+    assert from_environ({}).trusted_proxies == ()
+    cfg = from_environ({"TRUSTED_PROXIES": " 10.0.0.7, 172.28.0.0/16 ,::1"})
+    assert [str(n) for n in cfg.trusted_proxies] == ["10.0.0.7/32", "172.28.0.0/16", "::1/128"]
 
 
 def test_sandbox_may_point_at_a_standalone_simulator() -> None:
@@ -94,6 +102,11 @@ def test_the_vhost_is_amqp_urls_path_decoded(amqp_url: str, vhost: str) -> None:
     ({**REAL, "WXPAY_API_BASE": "http://wxpay-proxy.example.com"}, "WXPAY_API_BASE must be an https URL"),
     ({**REAL, "WXPAY_API_BASE": "http://api.mch.weixin.qq.com"}, "WXPAY_API_BASE must be an https URL"),
     ({**REAL, "PUSH_ROUTE": "stomp"}, "PUSH_ROUTE=stomp needs STOMP_PASSCODE"),
+    ({"TRUSTED_PROXIES": "10.0.0.1,nginx"}, "TRUSTED_PROXIES"),
+    ({"METRICS_PORT": "99999"}, "METRICS_PORT"),
+    ({"MAX_UNPAID_ORDERS_PER_USER": "0"}, "MAX_UNPAID_ORDERS_PER_USER"),
+    ({"LOGIN_CHECKS_PER_SECOND": "-1"}, "LOGIN_CHECKS_PER_SECOND"),
+    ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=names):

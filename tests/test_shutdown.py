@@ -35,6 +35,7 @@ async def notify(base_url: str, order: dict) -> str:  # type: ignore[type-arg]
 async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: str, amqp_url: str) -> None:
     db_name = f"t{uuid.uuid4().hex[:12]}"
     env = base_env(tmp_path / "var", MONGO_URL=mongo_url, MONGO_DB=db_name, AMQP_URL=amqp_url, SANDBOX="1",
+                   MAX_UNPAID_ORDERS_PER_USER=str(ORDERS),
                    COOKIE_SECRET="shutdown-" + uuid.uuid4().hex)
     server = ServerProcess(env).start()
     db = MongoClient(mongo_url)[db_name]

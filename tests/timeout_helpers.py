@@ -10,7 +10,8 @@ from server.services import Services
 from tests.shopper import Shopper
 
 SETTINGS = {"order_timeout_seconds": 2, "sim_close_min_age_seconds": 0.0, "timeout_retry_delays": (1, 2),
-            "active_query_after_seconds": 1000.0}
+            "active_query_after_seconds": 1000.0,
+            "max_unpaid_orders_per_user": 1000}  # one shopper stands in for many
 
 
 async def eventually(check, within: float = 20.0, every: float = 0.1):  # type: ignore[no-untyped-def]

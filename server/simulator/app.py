@@ -143,7 +143,7 @@ def _trade_json(trade: Trade) -> dict[str, Any]:
     return {"out_trade_no": trade.out_trade_no, "trade_state": trade.state,
             "total_fee": trade.total_fee, "transaction_id": trade.transaction_id,
             "code_url": trade.code_url, "body": trade.request.get("body", ""),
-            "notify_replies": []}
+            "spbill_create_ip": trade.request.get("spbill_create_ip", ""), "notify_replies": []}
 
 
 class PhoneJsonHandler(_SimHandler):

@@ -50,6 +50,10 @@ def page(browser: Browser) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # A CSP violation is no exception, only a console error: a blocked script,
+    # style or socket must fail the test too.
+    context.on("console", lambda msg: errors.append(msg.text)
+               if msg.type == "error" and "Content Security Policy" in msg.text else None)
     yield page
     context.close()
     assert not errors, f"JavaScript errors: {errors}"
