@@ -7,13 +7,13 @@ import asyncio
 import calendar
 import collections
 import random
-import subprocess
 import time
 from typing import Any
 
 import pytest
 
 from server.services import Services
+from tests.rabbit import close_connections_on, vhost_of
 from tests.shopper import Shopper
 from tests.timeout_helpers import SETTINGS, log_kinds, stock_total, trade
 
@@ -25,11 +25,6 @@ MIX = ("pay", "no_pay", "duplicate_notify", "dropped_notify", "pay_during_close"
 def extra_settings() -> dict[str, object]:
     return {**SETTINGS, "order_timeout_seconds": 3, "sweep_interval_seconds": 5.0,
             "sweep_grace_seconds": 10.0, "active_query_after_seconds": 1000.0}
-
-
-def kill_connections() -> None:
-    subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "--global", "chaos"],
-                   capture_output=True, timeout=60)
 
 
 @pytest.mark.gen_test(timeout=300)
@@ -61,11 +56,21 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
         await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"], "notify": knobs})
         return kind, order
 
+    vhost = vhost_of(services.settings.amqp_url)
+
     async def chaos_monkey(stop: asyncio.Event) -> int:
+        """Kills this run's own connections (the broker is shared) and proves
+        each kill: paypush must have reconnected before the next one."""
         kills = 0
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(1.5, 4))
-            await loop.run_in_executor(None, kill_connections)
+            reconnects = services.bus.reconnects
+            closed = await loop.run_in_executor(None, close_connections_on, vhost, "chaos")
+            assert closed >= 1, f"no connection of paypush's found on vhost {vhost}"
+            deadline = time.monotonic() + 30
+            while services.bus.reconnects == reconnects:
+                assert time.monotonic() < deadline, "a killed connection was never noticed by paypush"
+                await asyncio.sleep(0.1)
             kills += 1
         return kills
 
@@ -108,6 +113,7 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
             assert wechat["trade_state"] in ("CLOSED", "NONE"), wechat
         assert "pending_event" not in doc
     print("chaos outcome:", dict(finals), f"connection kills: {kills}")
+    assert kills >= 1, "the chaos run killed no connection"
     assert await stock_total(services) == before
     for sku in await services.store.skus.find({}).to_list(None):
         assert not any(oid in sku.get("holds", {}) for oid in ids)

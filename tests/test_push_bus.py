@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from server.services import Services
 from tests.notify_client import post_notify, signed_notify
 from tests.processes import ServerProcess, base_env
+from tests.rabbit import close_connections_on, vhost_of
 from tests.shopper import Shopper
 from tests.sockets import PageSocket
 
@@ -45,11 +45,6 @@ async def test_notify_on_a_reaches_the_browser_on_b(two_servers: tuple[ServerPro
         await shopper.close()
 
 
-def close_all_rabbitmq_connections() -> None:
-    subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "--global", "paypush test: connection dropped"],
-                   check=True, capture_output=True, timeout=60)
-
-
 async def wait_until(predicate, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
     deadline = asyncio.get_running_loop().time() + within
     while not predicate():
@@ -64,7 +59,9 @@ async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
     sock = await PageSocket.open(base_url, order["id"], shopper)
     assert (await sock.next())["status"] == "unpaid"
     reconnects = services.bus.reconnects
-    await asyncio.get_running_loop().run_in_executor(None, close_all_rabbitmq_connections)
+    closed = await asyncio.get_running_loop().run_in_executor(
+        None, close_connections_on, vhost_of(services.settings.amqp_url))
+    assert closed >= 1
     await wait_until(lambda: services.bus.reconnects > reconnects and services.bus.is_open)
     await asyncio.sleep(0.5)  # the bridge's queue, binding and consumer are restored after the channel
     # Published by hand, so that only the bridge can bring it to the page (a
