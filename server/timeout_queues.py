@@ -15,7 +15,7 @@ ORDER_TIMEOUT_SECONDS neither crashes start-up nor loses an order.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -44,6 +44,9 @@ class TimeoutQueues:
         self.delay_queue = delay_queue
         self.retry_delays = retry_delays
         self.in_flight = 0  # messages being handled, so shutdown can let them finish
+        # False from SIGTERM on: a message that still arrives (the cancel did
+        # not reach the broker, or a reconnect restored the consumer) is handed back.
+        self.accepting = True
         self._consumer: tuple[AbstractQueue, str] | None = None
 
     @staticmethod
@@ -102,10 +105,23 @@ class TimeoutQueues:
         queue = await channel.declare_queue(TIMEOUT_QUEUE, durable=True)
         self._consumer = (queue, await queue.consume(handle))
 
-    async def stop_consuming(self) -> None:
+    def stop_taking(self) -> None:
+        """Handle no further message (shutdown); those under way finish."""
+        self.accepting = False
+
+    async def stop_consuming(self, within: float = 1.0) -> None:
+        """Stop taking messages, and ask RabbitMQ to stop sending them for at
+        most ``within`` seconds: with the broker unreachable or silent the
+        cancel would wait for ever, and what it would save (prefetched messages
+        going back at once rather than when the connection closes) is not worth a hang."""
+        self.stop_taking()
         if self._consumer is None:
             return
         queue, tag = self._consumer
         self._consumer = None
-        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError):
-            await queue.cancel(tag)
+        try:
+            await asyncio.wait_for(queue.cancel(tag), within)
+        except TimeoutError:
+            log.warning("order timeout: RabbitMQ did not confirm the consumer cancel within %.1fs", within)
+        except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+            log.info("order timeout: consumer cancel failed (%s); the connection close ends it", exc)

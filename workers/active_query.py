@@ -18,6 +18,7 @@ from server.orders import UNPAID, Orders
 from server.payments import Payments
 from server.push_hub import PushHub, Subscriber
 from server.wxpay.errors import WxPayError
+from workers import rest
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,14 @@ class ActiveQuery:
     def _still_waiting(self, token: str) -> bool:
         return any(sub.last_status == UNPAID for sub in self.hub.watching(token))
 
-    async def tick(self) -> int:
-        """One pass over at most PER_PASS due orders; returns how many were found paid."""
+    async def tick(self, stop: asyncio.Event | None = None) -> int:
+        """One pass over at most PER_PASS due orders; returns how many were found paid.
+
+        Once ``stop`` is set no further order is looked at (shutdown)."""
         now = time.time()
         found = 0
         for _ in range(PER_PASS):
-            if not self._due or self._due[0][0] > now:
+            if not self._due or self._due[0][0] > now or (stop is not None and stop.is_set()):
                 break
             _, order_id, token = heapq.heappop(self._due)
             if not self._still_waiting(token):
@@ -84,10 +87,9 @@ class ActiveQuery:
         return found
 
 
-async def run(active: ActiveQuery, interval: float = 2.0) -> None:
-    while True:
-        await asyncio.sleep(interval)
+async def run(active: ActiveQuery, stop: asyncio.Event, interval: float = 2.0) -> None:
+    while not await rest(stop, interval):
         try:
-            await active.tick()
+            await active.tick(stop)
         except PyMongoError as exc:
             log.warning("active query: storage unavailable: %s", type(exc).__name__)

@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
                  stats: Counter[str]) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
+        if not queues.accepting:
+            # Shutting down. Left unacked, the message goes back to the queue
+            # when this connection closes, for another process; rejecting it
+            # would have RabbitMQ hand it straight back to us, over and over.
+            return
         stats["received"] += 1
         if message.redelivered:
             stats["redelivered"] += 1
