@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from pymongo import MongoClient
 
+from server.services import Services
 from tests.notify_client import signed_notify
 from tests.processes import ServerProcess, base_env
 from tests.shopper import Shopper
@@ -237,3 +238,24 @@ async def test_no_order_is_closed_after_sigterm(tmp_path: Path, mongo_url: str, 
     assert db.orders.count_documents({"status": "unpaid"}) > 0  # and there was more it could have done
     client.drop_database(env["MONGO_DB"])
     client.close()
+
+
+# --- the in-flight count ------------------------------------------------------
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_aborted_upload_does_not_hold_up_shutdown(http_server, http_port: int,  # type: ignore[no-untyped-def]
+                                                          services: Services) -> None:
+    """A notify whose sender gives up half-way through the body is no longer
+    in flight once the connection is gone: a stop does not wait for it."""
+    _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(b"POST /wxpay/notify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/xml\r\n"
+                 b"Content-Length: 1000\r\n\r\n<xml><return_code>")
+    await writer.drain()
+
+    async def uploading() -> bool:
+        return services.requests_in_flight == 1
+
+    await eventually(uploading)  # the server is reading the body
+    writer.close()
+    await writer.wait_closed()
+    assert await services.finish_in_flight(within=5.0) == 0  # nothing left running to cut off
