@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ SANDBOX_KEY = "192006250b4c09247ec02edce69f6a2d"
 
 REAL_WXPAY_API_BASE = "https://api.mch.weixin.qq.com"
 SIGN_TYPES = ("MD5", "HMAC-SHA256")
+DEPLOYMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 
 class ConfigError(Exception):
@@ -60,6 +62,7 @@ class Settings:
     sweep_interval_seconds: float = 60.0
     sweep_grace_seconds: float = 120.0
     active_query_after_seconds: float = 15.0
+    deployment: str = ""
 
     @property
     def notify_url(self) -> str:
@@ -203,6 +206,11 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if not retry_delays or min(retry_delays) < 1:
         raise ConfigError(f"TIMEOUT_RETRY_DELAYS must be whole seconds >= 1, comma-separated, got {raw_delays!r}")
 
+    # Names this deployment's deadline queues apart from another's on the same vhost.
+    deployment = env.get("DEPLOYMENT", "").strip()
+    if deployment and not DEPLOYMENT_NAME.fullmatch(deployment):
+        raise ConfigError(f"DEPLOYMENT must be 1-32 lower-case letters, digits, '-' or '_', got {deployment!r}")
+
     return Settings(
         host=host,
         port=port,
@@ -232,4 +240,5 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 60.0) or 60.0,
         sweep_grace_seconds=_float(env, "SWEEP_GRACE_SECONDS", 120.0),
         active_query_after_seconds=_float(env, "ACTIVE_QUERY_AFTER_SECONDS", 15.0),
+        deployment=deployment,
     )

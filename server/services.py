@@ -159,7 +159,8 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     await store_mod.create_indexes(store)
     bus = await Bus.connect(settings.amqp_url)
     timeout_queues = await TimeoutQueues.declare(bus, settings.order_timeout_seconds,
-                                                 settings.timeout_retry_delays)
+                                                 settings.timeout_retry_delays, settings.deployment,
+                                                 await store_mod.deployment_id(store))
     http = aiohttp.ClientSession()
     merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
                         settings.wxpay_sign_type)

@@ -41,7 +41,8 @@ async def test_page_on_a_process_cut_off_from_rabbitmq_hears_the_final_state(
     try:
         order = await shopper.order([("mug-celadon", 1)])  # no QR asked for: no WeChat trade
         sock = await PageSocket.open(base_url, order["id"], shopper)
-        assert (await sock.next())["status"] == "unpaid"
+        assert await sock.next() == {"type": "status", "order_id": order["id"], "status": "unpaid",
+                                     "total_fee": order["pay_money"]}
         await rabbit_proxy.cut()
         await wait_until(lambda: not services.bus.is_open)
 

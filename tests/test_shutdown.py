@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 from pymongo import MongoClient
 
-from server.services import Services
+from server.orders import Line
+from server.services import Services, open_services
+from server.timeout_queues import DEPLOYMENT_HEADER
 from tests.notify_client import signed_notify
 from tests.processes import ServerProcess, base_env
 from tests.shopper import Shopper
@@ -259,3 +263,37 @@ async def test_an_aborted_upload_does_not_hold_up_shutdown(http_server, http_por
     writer.close()
     await writer.wait_closed()
     assert await services.finish_in_flight(within=5.0) == 0  # nothing left running to cut off
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_deadline_arriving_after_sigterm_is_left_for_the_next_process(
+        test_settings, mongo_url: str, amqp_url: str) -> None:  # type: ignore[no-untyped-def]
+    # A deployment name of its own: its queue holds nothing but this test's message.
+    cfg = dataclasses.replace(test_settings, deployment=f"s{uuid.uuid4().hex[:8]}")
+    svc = await open_services(cfg, mongo_url)
+    await svc.start_workers()
+    try:
+        order = await svc.orders.create("demo", [Line("fan-silk", 1)])
+        await svc.store.orders.update_one({"_id": order["_id"]}, {"$set": {"expires_at": time.time() - 60}})
+        svc.stop_taking_work()  # what SIGTERM does first
+        # Its deadline message, as the delay queue would dead-letter it (consumer still subscribed).
+        await svc.bus.publish_to_queue(svc.timeout_queues.timeout_queue, order["_id"].encode(),
+                                       {DEPLOYMENT_HEADER: svc.timeout_queues.deployment_id})
+
+        async def delivered_and_left() -> bool:
+            return svc.timeout_stats["left_at_shutdown"] == 1
+
+        await eventually(delivered_and_left)
+        assert (await svc.orders.get(order["_id"]) or {}).get("status") == "unpaid"
+    finally:
+        await svc.store.client.drop_database(cfg.mongo_db)
+        await svc.close()
+    # Unacked, it went back to the queue when the connection closed: the next process gets it.
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        queue = await (await connection.channel()).declare_queue(svc.timeout_queues.timeout_queue, passive=True)
+        message = await queue.get(no_ack=True, fail=False)
+        assert message is not None and message.body == order["_id"].encode()
+        await queue.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
