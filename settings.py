@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ SANDBOX_KEY = "192006250b4c09247ec02edce69f6a2d"
 
 REAL_WXPAY_API_BASE = "https://api.mch.weixin.qq.com"
 SIGN_TYPES = ("MD5", "HMAC-SHA256")
+DEPLOYMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 # Tornado signs cookies with HMAC-SHA256, and RFC 2104 discourages keys shorter
 # than the hash's 32-byte output; 32 characters is also 128 bits as hex, and
@@ -72,6 +74,7 @@ class Settings:
     trusted_proxies: tuple[Network, ...] = ()
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    deployment: str = ""
 
     @property
     def notify_url(self) -> str:
@@ -283,6 +286,11 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if not retry_delays or min(retry_delays) < 1:
         raise ConfigError(f"TIMEOUT_RETRY_DELAYS must be whole seconds >= 1, comma-separated, got {raw_delays!r}")
 
+    # Names this deployment's deadline queues apart from another's on the same vhost.
+    deployment = env.get("DEPLOYMENT", "").strip()
+    if deployment and not DEPLOYMENT_NAME.fullmatch(deployment):
+        raise ConfigError(f"DEPLOYMENT must be 1-32 lower-case letters, digits, '-' or '_', got {deployment!r}")
+
     return Settings(
         host=host,
         port=port,
@@ -317,4 +325,5 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
         metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
         metrics_port=metrics_port,
+        deployment=deployment,
     )

@@ -50,9 +50,24 @@ class BaseHandler(tornado.web.RequestHandler):
     def initialize(self, services: Services) -> None:
         self.services = services
         services.requests_in_flight += 1  # shutdown waits for these to finish
+        self._counted = True
 
     def on_finish(self) -> None:
-        self.services.requests_in_flight -= 1
+        self._uncount()
+
+    def on_connection_close(self) -> None:
+        # A streamed body the client gave up on half-way (an aborted notify
+        # upload) never reaches its method nor on_finish: without this it
+        # would count as in flight for ever and every stop would wait out its
+        # grace. A request whose handler is still running after its client
+        # left is not waited for either: nobody is waiting for the answer.
+        super().on_connection_close()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.services.requests_in_flight -= 1
 
     def get_current_user(self) -> str | None:
         return user_from_cookie(self)

@@ -107,5 +107,13 @@ class Bus:
         await queue.bind(exchange, routing_key="#")
         await queue.consume(handle)
 
-    async def close(self) -> None:
-        await self.connection.close()
+    async def close(self, within: float = 2.0) -> None:
+        """Close the connection, waiting at most ``within`` seconds for the
+        broker to agree: a black-holed or refused link must not hold up an exit
+        (the broker drops a vanished connection itself and requeues its unacked messages)."""
+        try:
+            await asyncio.wait_for(self.connection.close(), max(0.01, within))
+        except TimeoutError:
+            log.warning("RabbitMQ did not answer the connection close within %.1fs; leaving anyway", within)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            log.info("RabbitMQ connection close: %s", exc)

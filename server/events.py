@@ -114,8 +114,10 @@ class OrderEvents:
             log.warning("event %s for %s published, outbox not cleared: %s", kind, order["_id"], exc)
         return True
 
-    async def drain(self, limit: int = 100) -> int:
-        """Claim and publish pending events whose claim ran out. Returns how many went out."""
+    async def drain(self, limit: int = 100, stop: asyncio.Event | None = None) -> int:
+        """Claim and publish pending events whose claim ran out. Returns how many went out.
+
+        Once ``stop`` is set no further event is claimed (shutdown)."""
         if self.bus is None or not self.bus.is_open:
             return 0
         now = time.time()
@@ -124,6 +126,8 @@ class OrderEvents:
         self._drain_soon, self._last_drain = False, now
         sent = 0
         for _ in range(limit):
+            if stop is not None and stop.is_set():
+                break
             now = time.time()
             order = await self.store.orders.find_one_and_update(
                 {"pending_event": {"$exists": True}, "pending_claim_until": {"$lt": now}},
@@ -140,7 +144,9 @@ class OrderEvents:
     async def backlog(self) -> int:
         return await self.store.orders.count_documents({"pending_event": {"$exists": True}})
 
-    async def close(self) -> None:
+    async def close(self, within: float = PUBLISH_GRACE) -> None:
+        """Let publishes under way finish (at most ``within`` seconds); the
+        outbox keeps what does not make it."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=PUBLISH_GRACE)
+            await asyncio.wait(list(self._tasks), timeout=max(0.01, within))
 

@@ -57,7 +57,10 @@ class Services:
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     requests_in_flight: int = 0
     timeout_stats: Counter[str] = field(default_factory=Counter)
+    # Set at shutdown: workers start no new pass, the timeout consumer takes no new message.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
+    _keep_alive: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         m = self.metrics
@@ -86,38 +89,68 @@ class Services:
         cfg = self.settings
         active = active_query.ActiveQuery(self.hub, self.orders, self.payments, cfg.active_query_after_seconds)
         loop = asyncio.get_running_loop()
+        stop = self.stopping
         self._workers += [
-            loop.create_task(outbox.run(self.events), name="outbox"),
+            loop.create_task(outbox.run(self.events, stop), name="outbox"),
             loop.create_task(sweeper.run(self.orders, self.timeouts, cfg.sweep_interval_seconds,
-                                         cfg.sweep_grace_seconds), name="sweeper"),
-            loop.create_task(active_query.run(active), name="active-query"),
-            loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive"),
+                                         cfg.sweep_grace_seconds, stop), name="sweeper"),
+            loop.create_task(active_query.run(active, stop), name="active-query"),
         ]
+        self._keep_alive = loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive")
 
-    async def finish_in_flight(self, within: float) -> None:
-        """Shutdown: take no new timeout messages (unacked ones go back to
-        RabbitMQ), and give running requests and handlers ``within`` seconds."""
-        await self.timeout_queues.stop_consuming()
+    def stop_taking_work(self) -> None:
+        """Shutdown, first step: the sweeper, the active query, the outbox
+        drainer and the timeout consumer start nothing new from here on (what
+        they are in the middle of finishes). Synchronous, so nothing can slip in
+        between the signal and this."""
+        self.stopping.set()
+        self.timeout_queues.stop_taking()
+
+    def _busy(self) -> int:
+        return (self.requests_in_flight + self.timeout_queues.in_flight
+                + sum(not task.done() for task in self._workers))
+
+    async def finish_in_flight(self, within: float) -> int:
+        """Shutdown: take no new work, ask RabbitMQ to stop sending deadline
+        messages (unacked ones go back to it), and give running requests,
+        timeout messages and worker passes ``within`` seconds. Returns how many
+        were still running when the time was up."""
+        self.stop_taking_work()
         deadline = time.monotonic() + within
-        while (self.requests_in_flight > 0 or self.timeout_queues.in_flight > 0) and time.monotonic() < deadline:  # noqa: ASYNC110 - counters, not events; shutdown only
+        await self.timeout_queues.stop_consuming(within=min(1.0, within))
+        while self._busy() and time.monotonic() < deadline:  # noqa: ASYNC110 - counters, not events; shutdown only
             await asyncio.sleep(0.05)
-        if self.requests_in_flight > 0 or self.timeout_queues.in_flight > 0:
-            log.warning("shutdown: %d request(s) and %d timeout message(s) still running; cutting them off",
-                        self.requests_in_flight, self.timeout_queues.in_flight)
+        left = self._busy()
+        if left:
+            log.warning("shutdown: %d request(s), %d timeout message(s) and %d worker pass(es) still running; "
+                        "cutting them off", self.requests_in_flight, self.timeout_queues.in_flight,
+                        sum(not task.done() for task in self._workers))
+        return left
 
-    async def close(self) -> None:
-        """Stop workers, then close connections (sockets are closed by the caller)."""
+    async def close(self, within: float = 8.0) -> None:
+        """Stop workers, then close connections (sockets are closed by the
+        caller), all in about ``within`` seconds whatever state RabbitMQ is in."""
+        deadline = time.monotonic() + within
+
+        def remaining() -> float:
+            return max(0.01, deadline - time.monotonic())
+
+        self.stop_taking_work()
         self.metrics.unwatch_gc()
-        for task in self._workers:
+        tasks = [*self._workers, *([self._keep_alive] if self._keep_alive else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._workers:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.orders.drain()
-        await self.events.close()
+        with contextlib.suppress(TimeoutError):  # bookkeeping left undone is redone by the timeout worker
+            await asyncio.wait_for(self.orders.drain(), remaining())
+        # Publishes under way get a moment; their events stay in the outbox
+        # until confirmed, so one cut off is only published again later.
+        await self.events.close(within=min(3.0, remaining()))
         if self.simulator is not None:
             await self.simulator.close()
-        await self.bus.close()
+        await self.bus.close(within=min(2.0, remaining()))
         await self.http.close()
         await self.store.close()
 
@@ -132,7 +165,8 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     await store_mod.create_indexes(store)
     bus = await Bus.connect(settings.amqp_url)
     timeout_queues = await TimeoutQueues.declare(bus, settings.order_timeout_seconds,
-                                                 settings.timeout_retry_delays)
+                                                 settings.timeout_retry_delays, settings.deployment,
+                                                 await store_mod.deployment_id(store))
     http = aiohttp.ClientSession()
     merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
                         settings.wxpay_sign_type)

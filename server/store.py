@@ -6,11 +6,15 @@ runs on a standalone MongoDB, a replica set and the embedded nx-27017.
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+import time
 from dataclasses import dataclass
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,10 @@ class Store:
     @property
     def orders(self) -> AsyncCollection:
         return self.db["orders"]
+
+    @property
+    def meta(self) -> AsyncCollection:
+        return self.db["meta"]
 
     async def ping(self) -> None:
         await self.db.command("ping")
@@ -55,3 +63,18 @@ async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("user", ASCENDING), ("status", ASCENDING)])
     # One entry per (order, kind): what makes every side effect's log idempotent.
     await store.orders.create_index([("pending_event", ASCENDING)], sparse=True)
+
+
+async def deployment_id(store: Store) -> str:
+    """The identity of the deployment this database belongs to: made by the
+    first process to ask, then the same for every process and restart. It
+    tells this deployment's deadline messages from another's on a shared broker."""
+    # update_one then find_one: nx-27017's find_one_and_update ignores $setOnInsert on an upsert.
+    with contextlib.suppress(DuplicateKeyError):  # another process made it at the same moment
+        await store.meta.update_one(
+            {"_id": "deployment"},
+            {"$setOnInsert": {"id": secrets.token_hex(8), "created_at": time.time()}}, upsert=True)
+    doc = await store.meta.find_one({"_id": "deployment"})
+    if doc is None or not doc.get("id"):
+        raise RuntimeError("cannot read or create this deployment's id in MongoDB (meta collection)")
+    return str(doc["id"])

@@ -15,15 +15,20 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
         return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            self._writers.discard(writer)
             writer.close()
             return
         self._writers |= {writer, up_writer}
@@ -31,6 +36,7 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, asyncio.CancelledError):
                 while data := await src.read(65536):
+                    await self._flowing.wait()  # stalled: hold the bytes, say nothing
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -51,5 +57,14 @@ class TcpProxy:
     async def restore(self) -> None:
         await self.start()
 
+    def stall(self) -> None:
+        """A black hole: connections stay open and new ones are accepted, but
+        nothing goes through either way (no reset, no close)."""
+        self._flowing.clear()
+
+    def unstall(self) -> None:
+        self._flowing.set()
+
     async def close(self) -> None:
+        self.unstall()
         await self.cut()

@@ -1,8 +1,11 @@
-"""Asks WeChat about orders whose pay page is open and waiting with no notify.
+"""The backstop for pay pages that wait and hear nothing.
 
-WeChat's advice for a late notify is to call orderquery: a lost notify then
-still turns into "paid" on the page. Only orders with a socket on this process
-and a QR issued a while ago are asked about, each with a growing interval.
+Each order with a page open on this process is looked up in MongoDB now and
+then, with a growing interval. If it reached a final state, the page is told
+(the event passed this process by: another process made the transition while
+this one was cut off from RabbitMQ). If it is still unpaid and its QR was
+issued a while ago, WeChat is asked: its advice for a late notify is to call
+orderquery, so a lost notify still turns into "paid" on the page.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from server.orders import UNPAID, Orders
+from server.events import event_for, transition_time
+from server.orders import CLOSED, PAID, UNPAID, Orders
 from server.payments import Payments
 from server.push_hub import PushHub, Subscriber
 from server.wxpay.errors import WxPayError
+from workers import rest
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +61,14 @@ class ActiveQuery:
     def _still_waiting(self, token: str) -> bool:
         return any(sub.last_status == UNPAID for sub in self.hub.watching(token))
 
-    async def tick(self) -> int:
-        """One pass over at most PER_PASS due orders; returns how many were found paid."""
+    async def tick(self, stop: asyncio.Event | None = None) -> int:
+        """One pass over at most PER_PASS due orders; returns how many were found paid.
+
+        Once ``stop`` is set no further order is looked at (shutdown)."""
         now = time.time()
         found = 0
         for _ in range(PER_PASS):
-            if not self._due or self._due[0][0] > now:
+            if not self._due or self._due[0][0] > now or (stop is not None and stop.is_set()):
                 break
             _, order_id, token = heapq.heappop(self._due)
             if not self._still_waiting(token):
@@ -70,9 +77,19 @@ class ActiveQuery:
             interval = self._interval[order_id]
             self._interval[order_id] = min(interval * 2, MAX_INTERVAL)
             heapq.heappush(self._due, (now + interval, order_id, token))
-            order = await self.orders.store.orders.find_one({"_id": order_id}, projection={"status": 1, "wx": 1})
-            issued = ((order or {}).get("wx") or {}).get("at", 0)
-            if order is None or order["status"] != UNPAID or not issued or now - issued < self.after:
+            order = await self.orders.store.orders.find_one(
+                {"_id": order_id}, projection={"status": 1, "pay_money": 1, "wx": 1, "paid_at": 1, "closed_at": 1})
+            if order is None:
+                continue
+            if order["status"] in (PAID, CLOSED):
+                # Settled elsewhere and its event never got here (RabbitMQ was
+                # out of reach): the page hears it now. A page that already
+                # has it takes a repeat for what it is, no news.
+                kind = order["status"]
+                self.hub.dispatch(token, event_for(order, kind), transition_time(order, kind))
+                continue
+            issued = (order.get("wx") or {}).get("at", 0)
+            if order["status"] != UNPAID or not issued or now - issued < self.after:
                 continue
             try:
                 if await self.payments.sync_with_wechat(order_id) == "SUCCESS":
@@ -84,10 +101,9 @@ class ActiveQuery:
         return found
 
 
-async def run(active: ActiveQuery, interval: float = 2.0) -> None:
-    while True:
-        await asyncio.sleep(interval)
+async def run(active: ActiveQuery, stop: asyncio.Event, interval: float = 2.0) -> None:
+    while not await rest(stop, interval):
         try:
-            await active.tick()
+            await active.tick(stop)
         except PyMongoError as exc:
             log.warning("active query: storage unavailable: %s", type(exc).__name__)

@@ -2,7 +2,9 @@
 
 Manual acks: a message is acked only once its order reached a final state, or
 once a retry message is safely in a retry queue (published with confirms).
-Retries wait in RabbitMQ, never in a sleep holding the message.
+Retries wait in RabbitMQ, never in a sleep holding the message. A message of
+another deployment sharing the queue is not ours to judge: it is acked once
+it is back in circulation for its owner (see server.timeout_queues).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ log = logging.getLogger(__name__)
 def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
                  stats: Counter[str]) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
+        if not queues.accepting:
+            # Shutting down. Left unacked, the message goes back to the queue
+            # when this connection closes, for another process; rejecting it
+            # would have RabbitMQ hand it straight back to us, over and over.
+            stats["left_at_shutdown"] += 1
+            return
         stats["received"] += 1
         if message.redelivered:
             stats["redelivered"] += 1
@@ -37,21 +45,30 @@ def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
         # poison message cannot spin.
         async with message.process(requeue=True, ignore_processed=True):
             order_id = message.body.decode("utf-8", "replace").strip()[:64]
-            raw_attempt = (message.headers or {}).get(ATTEMPT_HEADER, 0)
+            headers = message.headers or {}
+            raw_attempt = headers.get(ATTEMPT_HEADER, 0)
             attempt = raw_attempt if isinstance(raw_attempt, int) else 0
             try:
-                outcome, wait = await timeouts.settle(order_id)
-                if outcome is Outcome.NOT_DUE:
-                    await queues.retry(order_id, attempt, delay=max(1, int(wait + 0.999)))
-                elif outcome is Outcome.LATER:
-                    await queues.retry(order_id, attempt + 1, delay=queues.retry_delays[0])
-                elif outcome is Outcome.RETRY:
-                    await queues.retry(order_id, attempt + 1)
+                if queues.owner(headers) is not None:
+                    # Another deployment's order: "unknown" here, but not to its owner.
+                    stats["foreign"] += 1
+                    await queues.pass_on(order_id, headers)
+                else:
+                    await _settle(order_id, attempt)
             except Exception:
                 log.exception("timeout %s: unexpected failure; message goes back to the queue", order_id)
                 await asyncio.sleep(1)
                 raise
             await message.ack()
+
+    async def _settle(order_id: str, attempt: int) -> None:
+        outcome, wait = await timeouts.settle(order_id)
+        if outcome is Outcome.NOT_DUE:
+            await queues.retry(order_id, attempt, delay=max(1, int(wait + 0.999)))
+        elif outcome is Outcome.LATER:
+            await queues.retry(order_id, attempt + 1, delay=queues.retry_delays[0])
+        elif outcome is Outcome.RETRY:
+            await queues.retry(order_id, attempt + 1)
 
     return handle
 

@@ -13,14 +13,23 @@ from pymongo.errors import PyMongoError
 
 from server.orders import Orders
 from server.timeouts import Outcome, Timeouts
+from workers import rest
 
 log = logging.getLogger(__name__)
 
 
-async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float) -> int:
-    """Settle what is overdue by more than ``grace``; returns how many reached a final state."""
+async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float,
+                     stop: asyncio.Event | None = None) -> int:
+    """Settle what is overdue by more than ``grace``; returns how many reached a final state.
+
+    Once ``stop`` is set no further order is started on (the one in hand is finished).
+    """
     settled = 0
-    for order_id in await orders.overdue(time.time() - grace):
+    due = await orders.overdue(time.time() - grace)
+    for n, order_id in enumerate(due):
+        if stop is not None and stop.is_set():
+            log.info("sweeper: stopping; %d overdue order(s) left for the next process", len(due) - n)
+            break
         outcome, _ = await timeouts.settle(order_id)
         settled += outcome is Outcome.FINAL
     if settled:
@@ -28,10 +37,10 @@ async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float) -> int:
     return settled
 
 
-async def run(orders: Orders, timeouts: Timeouts, interval: float, grace: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
+async def run(orders: Orders, timeouts: Timeouts, interval: float, grace: float,
+              stop: asyncio.Event) -> None:
+    while not await rest(stop, interval):
         try:
-            await sweep_once(orders, timeouts, grace)
+            await sweep_once(orders, timeouts, grace, stop)
         except PyMongoError as exc:
             log.warning("sweeper: storage unavailable: %s", type(exc).__name__)

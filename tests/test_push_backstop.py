@@ -1,0 +1,63 @@
+"""A pay page on a process cut off from RabbitMQ still hears its order's
+final state: the order was paid (or closed) by another process, whose event
+never reaches this one, and the backstop that looks up waiting pages sends it."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from server.services import Services, open_services
+from tests.shopper import Shopper
+from tests.sockets import PageSocket
+from tests.tcp_proxy import TcpProxy
+from tests.test_push_bus import wait_until
+
+
+@pytest.fixture
+def rabbit_proxy(io_loop) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
+    proxy = io_loop.run_sync(lambda: TcpProxy(5672).start())
+    yield proxy
+    io_loop.run_sync(proxy.close)
+
+
+@pytest.fixture
+def extra_settings(rabbit_proxy: TcpProxy, amqp_url: str) -> dict[str, object]:
+    vhost = amqp_url.rsplit("/", 1)[1]
+    return {"amqp_url": f"amqp://guest:guest@127.0.0.1:{rabbit_proxy.port}/{vhost}",
+            "active_query_after_seconds": 1.0}
+
+
+@pytest.mark.parametrize("final", ["paid", "closed"])
+@pytest.mark.gen_test(timeout=60)
+async def test_page_on_a_process_cut_off_from_rabbitmq_hears_the_final_state(
+        final: str, shopper: Shopper, base_url: str, services: Services, rabbit_proxy: TcpProxy,
+        amqp_url: str, mongo_url: str) -> None:
+    # Another process: same MongoDB, its own (uncut) RabbitMQ link, no pages of its own.
+    elsewhere = await open_services(dataclasses.replace(services.settings, amqp_url=amqp_url), mongo_url)
+    try:
+        order = await shopper.order([("mug-celadon", 1)])  # no QR asked for: no WeChat trade
+        sock = await PageSocket.open(base_url, order["id"], shopper)
+        assert await sock.next() == {"type": "status", "order_id": order["id"], "status": "unpaid",
+                                     "total_fee": order["pay_money"]}
+        await rabbit_proxy.cut()
+        await wait_until(lambda: not services.bus.is_open)
+
+        if final == "paid":
+            won, _ = await elsewhere.orders.mark_paid(order["id"], "4200000000202611280000000042", time.time(),
+                                                      "test: paid on another process", order["pay_money"])
+        else:
+            won, _ = await elsewhere.orders.close(order["id"], "test: closed on another process")
+        assert won
+        assert (await shopper.get_order(order["id"]))["status"] == final  # the API knows
+
+        event = await sock.next(within=20)  # and so does the page, with no broker in between
+        assert event == {"type": final, "order_id": order["id"], "status": final,
+                         "total_fee": order["pay_money"]}
+        assert not services.bus.is_open  # still cut off: it was not RabbitMQ that brought it
+    finally:
+        await rabbit_proxy.restore()
+        await elsewhere.close()
