@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import settings as settings_mod  # noqa: E402
-from server.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
-from server.wxpay import signing, xmlcodec  # noqa: E402
+from server.gateway.wxpay_v2 import signing, xmlcodec  # noqa: E402
+from server.infra.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
 
 # run_all.py --quick points this elsewhere, so a smoke run never overwrites the
 # full-size results that BENCHMARKS.md quotes.

@@ -39,7 +39,7 @@ from bench.harness import (
     save_plot,
     table,
 )
-from server.push_tokens import PushTokens
+from server.push.tokens import PushTokens
 
 PROCS = 2  # per route
 

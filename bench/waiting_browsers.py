@@ -32,8 +32,8 @@ from bench.harness import (
     save_plot,
     table,
 )
-from server.embedded_mongo import free_port
-from server.push_tokens import PushTokens
+from server.infra.embedded_mongo import free_port
+from server.push.tokens import PushTokens
 
 PROCS = 4
 

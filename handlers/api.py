@@ -5,8 +5,8 @@ from __future__ import annotations
 import tornado.web
 
 from handlers.base import JsonHandler
-from server import catalog
-from server.orders import order_json, parse_lines
+from server.domain import catalog
+from server.domain.orders import order_json, parse_lines
 
 
 class SkusHandler(JsonHandler):

@@ -10,8 +10,8 @@ import tornado.web
 from pymongo.errors import PyMongoError
 from tornado.http1connection import HTTP1Connection
 
-from server.orders import OrderError
-from server.services import Services
+from server.composition.container import Services
+from server.domain.orders import OrderError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import contextlib
 from pymongo.errors import PyMongoError
 
 from handlers.base import BaseHandler
-from server.metrics import CONTENT_TYPE
+from server.infra.metrics import CONTENT_TYPE
 
 
 class HealthzHandler(BaseHandler):

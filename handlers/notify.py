@@ -14,8 +14,8 @@ from pymongo.errors import PyMongoError
 from tornado.http1connection import HTTP1Connection
 
 from handlers.base import BaseHandler
-from server.payments import NotifyRejected
-from server.wxpay import xmlcodec
+from server.domain.payments import NotifyRejected
+from server.gateway.wxpay_v2 import xmlcodec
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from urllib.parse import quote, urlsplit
 import tornado.web
 
 from handlers.base import COOKIE_DAYS, USER_COOKIE, BaseHandler
-from server import catalog
-from server.login_throttle import LoginRefused, log_in
-from server.orders import OrderError
-from server.services import ws_base
+from server.accounts.login_throttle import LoginRefused, log_in
+from server.composition.container import ws_base
+from server.domain import catalog
+from server.domain.orders import OrderError
 from settings import Settings
 
 # Signed: "this browser has logged in as <user> before". Such a browser is not

@@ -21,10 +21,10 @@ from pymongo.errors import PyMongoError
 from tornado.httputil import HTTPHeaders
 
 from handlers.base import user_from_cookie_header
-from server.events import event_for
-from server.orders import OrderError
-from server.push_hub import Subscriber
-from server.services import Services
+from server.composition.container import Services
+from server.domain.orders import OrderError
+from server.push.events import event_for
+from server.push.hub import Subscriber
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import pytest
 import tornado.web
 
 import settings as settings_mod
-from server.app import make_app
-from server.embedded_mongo import EmbeddedMongo
-from server.services import Services, open_services
+from server.composition.container import Services, open_services
+from server.composition.web import make_app
+from server.infra.embedded_mongo import EmbeddedMongo
 from tests.shopper import Shopper
 from tests.stomp import BrowserUser, prepare_broker
 
@@ -117,7 +117,7 @@ def app(services: Services) -> tornado.web.Application:
 @pytest.fixture
 def mallory(http_server, base_url: str, io_loop, services: Services) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
     """Another user, logged in: someone who must not see the demo user's orders."""
-    from server.users import create_user
+    from server.accounts.users import create_user
 
     async def make() -> Shopper:
         await create_user(services.store, "mallory", "mallory-pass-1")

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 import settings as settings_mod
-from server.wxpay import signing, xmlcodec
+from server.gateway.wxpay_v2 import signing, xmlcodec
 
 
 def notify_fields(order: dict[str, Any], *, transaction_id: str = "4200000000202611270000000001",

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from server.embedded_mongo import free_port
+from server.infra.embedded_mongo import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

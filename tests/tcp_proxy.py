@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from server.embedded_mongo import free_port
+from server.infra.embedded_mongo import free_port
 
 
 class TcpProxy:

@@ -46,7 +46,7 @@ async def test_a_pass_looks_only_at_due_pages_still_waiting(services) -> None:  
     """Bookkeeping of the backstop: new pages are learnt from the hub as they
     open, a pass takes at most PER_PASS of them, and an order nobody waits on
     any more is forgotten (and learnt again if a page reopens)."""
-    from server.push_hub import PushHub, Subscriber
+    from server.push.hub import PushHub, Subscriber
     from workers.active_query import PER_PASS, ActiveQuery
 
     hub = PushHub(1000)

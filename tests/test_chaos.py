@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from server.services import Services
+from server.composition.container import Services
 from tests.rabbit import close_connections_on, vhost_of
 from tests.shopper import Shopper
 from tests.timeout_helpers import SETTINGS, log_kinds, stock_total, trade

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.services import Services
+from server.composition.container import Services
 from tests.shopper import Shopper
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded_mongo import free_port
+from server.infra.embedded_mongo import free_port
 from tests.processes import ROOT, ServerProcess, base_env, wait_http
 
 
@@ -101,7 +101,7 @@ MERCHANT = {"WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109", "
 @pytest.mark.gen_test(timeout=60)
 async def test_merchant_secrets_stay_out_of_the_logs_outside_sandbox(env: dict[str, str], amqp_url: str) -> None:
     """A production-shaped configuration passes every start-up rule, and serves."""
-    from server.wxpay import signing, xmlcodec
+    from server.gateway.wxpay_v2 import signing, xmlcodec
     from tests.notify_client import notify_fields, post_notify
 
     secrets = {**MERCHANT, "COOKIE_SECRET": "c00kie-" + "z" * 30, "STOMP_PASSCODE": "st0mp-" + "p" * 20}

@@ -12,9 +12,9 @@ from typing import Any
 import aio_pika
 import pytest
 
-from server.orders import Line
-from server.services import Services, open_services
-from server.timeout_queues import TimeoutQueues
+from server.composition.container import Services, open_services
+from server.domain.orders import Line
+from server.infra.timeout_queues import TimeoutQueues
 from settings import ConfigError, from_environ
 from tests.timeout_helpers import eventually
 

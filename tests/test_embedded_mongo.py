@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo import MongoClient
 
-from server.embedded_mongo import EmbeddedMongo, _serving_port, _serving_port_ps, free_port
+from server.infra.embedded_mongo import EmbeddedMongo, _serving_port, _serving_port_ps, free_port
 from tests.processes import ROOT, ServerProcess, base_env, wait_http
 
 

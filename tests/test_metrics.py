@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded_mongo import free_port
+from server.infra.embedded_mongo import free_port
 from tests.notify_client import post_notify, signed_notify
 from tests.processes import ServerProcess, base_env
 from tests.shopper import Shopper

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from server.services import Services
-from server.wxpay import signing, xmlcodec
+from server.composition.container import Services
+from server.gateway.wxpay_v2 import signing, xmlcodec
 from tests.notify_client import coupon_fields, notify_fields, post_notify, signed_notify
 from tests.shopper import Shopper
 

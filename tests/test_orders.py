@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from server.services import Services
+from server.composition.container import Services
 from tests.notify_client import post_notify, signed_notify
 from tests.shopper import Shopper
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.services import Services, open_services
+from server.composition.container import Services, open_services
 from tests.shopper import Shopper
 from tests.sockets import PageSocket
 from tests.tcp_proxy import TcpProxy

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.services import Services
+from server.composition.container import Services
 from tests.notify_client import post_notify, signed_notify
 from tests.processes import ServerProcess, base_env
 from tests.rabbit import close_connections_on, vhost_of

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from server.push_hub import QUEUE_SIZE, PushHub, Subscriber
+from server.push.hub import QUEUE_SIZE, PushHub, Subscriber
 
 
 class Page:

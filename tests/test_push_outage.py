@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import aio_pika
 import pytest
 
-from server.services import Services
+from server.composition.container import Services
 from tests.notify_client import post_notify, signed_notify
 from tests.shopper import Shopper
 from tests.sockets import PageSocket

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import tornado.httpclient
 
-from server.services import Services
+from server.composition.container import Services
 from tests.notify_client import post_notify, signed_notify
 from tests.shopper import Shopper
 from tests.sockets import PageSocket

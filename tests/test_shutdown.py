@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 from pymongo import MongoClient
 
-from server.orders import Line
-from server.services import Services, open_services
-from server.timeout_queues import DEPLOYMENT_HEADER
+from server.composition.container import Services, open_services
+from server.domain.orders import Line
+from server.infra.timeout_queues import DEPLOYMENT_HEADER
 from tests.notify_client import signed_notify
 from tests.processes import ServerProcess, base_env
 from tests.shopper import Shopper
@@ -237,7 +237,8 @@ async def test_no_order_is_closed_after_sigterm(tmp_path: Path, mongo_url: str, 
     assert code == 0, server.output
     lines = server.output.splitlines()
     signalled = next(i for i, line in enumerate(lines) if "SIGTERM received: shutting down" in line)
-    closes = [i for i, line in enumerate(lines) if "server.orders: order overdue" in line and " closed: " in line]
+    closes = [i for i, line in enumerate(lines)
+              if "server.domain.orders: order overdue" in line and " closed: " in line]
     assert any(i < signalled for i in closes)  # the sweeper was at work
     assert len([i for i in closes if i > signalled]) <= 1, server.output  # only the close in flight
     assert db.orders.count_documents({"status": "unpaid"}) > 0  # and there was more it could have done

@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from server.wxpay import signing, xmlcodec
+from server.gateway.wxpay_v2 import signing, xmlcodec
 
 # WeChat Pay v2 安全规范 / 签名算法 (pay.weixin.qq.com/wiki/doc/api/native.php?chapter=4_3):
 # stringSignTemp = stringA + "&key=192006250b4c09247ec02edce69f6a2d",

@@ -19,7 +19,7 @@ import aiormq
 import pytest
 from aio_pika.abc import AbstractExchange
 
-from server.push_tokens import PushTokens
+from server.push.tokens import PushTokens
 from tests.stomp import BrowserUser, StompSession, run_setup
 
 TOKENS = PushTokens("test secret")

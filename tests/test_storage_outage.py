@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.embedded_mongo import EmbeddedMongo
+from server.infra.embedded_mongo import EmbeddedMongo
 from tests.notify_client import post_notify, signed_notify
 from tests.shopper import Shopper
 

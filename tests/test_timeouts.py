@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from server.services import Services
-from server.timeout_queues import DELAY_QUEUE, TimeoutQueues
+from server.composition.container import Services
+from server.infra.timeout_queues import DELAY_QUEUE, TimeoutQueues
 from tests.notify_client import post_notify, signed_notify
 from tests.rabbit import close_connections_on, vhost_of
 from tests.shopper import Shopper

@@ -10,10 +10,10 @@ import pytest
 import tornado.web
 
 import settings as settings_mod
-from server.services import Services
-from server.wxpay import signing, xmlcodec
-from server.wxpay.client import Merchant, WxPayClient
-from server.wxpay.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable
+from server.composition.container import Services
+from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable
+from server.gateway.wxpay_v2 import signing, xmlcodec
+from server.gateway.wxpay_v2.client import Merchant, WxPayClient
 from tests.shopper import Shopper
 
 MERCHANT = Merchant(settings_mod.SANDBOX_APPID, settings_mod.SANDBOX_MCH_ID, settings_mod.SANDBOX_KEY)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from server.orders import order_logs
-from server.services import Services
+from server.composition.container import Services
+from server.domain.orders import order_logs
 from tests.shopper import Shopper
 
 SETTINGS = {"order_timeout_seconds": 2, "sim_close_min_age_seconds": 0.0, "timeout_retry_delays": (1, 2),

@@ -17,11 +17,11 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from server.events import event_for, transition_time
-from server.orders import CLOSED, PAID, UNPAID, Orders
-from server.payments import Payments
-from server.push_hub import PushHub, Subscriber
-from server.wxpay.errors import WxPayError
+from server.domain.orders import CLOSED, PAID, UNPAID, Orders
+from server.domain.payments import Payments
+from server.gateway.errors import WxPayError
+from server.push.events import event_for, transition_time
+from server.push.hub import PushHub, Subscriber
 from workers import rest
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Manual acks: a message is acked only once its order reached a final state, or
 once a retry message is safely in a retry queue (published with confirms).
 Retries wait in RabbitMQ, never in a sleep holding the message. A message of
 another deployment sharing the queue is not ours to judge: it is acked once
-it is back in circulation for its owner (see server.timeout_queues).
+it is back in circulation for its owner (see server.infra.timeout_queues).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from server.timeout_queues import ATTEMPT_HEADER, TimeoutQueues
-from server.timeouts import Outcome, Timeouts
+from server.domain.timeouts import Outcome, Timeouts
+from server.infra.timeout_queues import ATTEMPT_HEADER, TimeoutQueues
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 
 from pymongo.errors import PyMongoError
 
-from server.events import OrderEvents
+from server.push.events import OrderEvents
 from workers import rest
 
 log = logging.getLogger(__name__)

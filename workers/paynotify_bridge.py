@@ -16,10 +16,10 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pymongo.errors import PyMongoError
 
-from server.bus import Bus
-from server.events import TRANSITION_AT, event_for
-from server.orders import VISIBLE, Orders
-from server.push_hub import PushHub
+from server.domain.orders import VISIBLE, Orders
+from server.infra.bus import Bus
+from server.push.events import TRANSITION_AT, event_for
+from server.push.hub import PushHub
 
 log = logging.getLogger(__name__)
 

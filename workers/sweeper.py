@@ -11,8 +11,8 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from server.orders import Orders
-from server.timeouts import Outcome, Timeouts
+from server.domain.orders import Orders
+from server.domain.timeouts import Outcome, Timeouts
 from workers import rest
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import tornado.web
 
+from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.simulator.notifier import Notifier, NotifyPlan
 from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, Trade, TradeBook, TradeError
-from server.wxpay import signing, xmlcodec
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.simulator.trades import Trade
-from server.wxpay import signing, xmlcodec
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from server.orders import max_per_order
-from server.store import Store
-from server.users import InvalidUser, create_user
+from server.accounts.users import InvalidUser, create_user
+from server.domain.orders import max_per_order
+from server.infra.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server import qr
-from server.orders import CLOSED, PAID, UNPAID, OrderError, OrderNotFound, Orders
-from server.push_tokens import PushTokens
-from server.wxpay import signing, xmlcodec
-from server.wxpay.client import WxPayClient, parse_wx_time
-from server.wxpay.errors import WxPayError
+from server.domain import qr
+from server.domain.orders import CLOSED, PAID, UNPAID, OrderError, OrderNotFound, Orders
+from server.gateway.errors import WxPayError
+from server.gateway.wxpay_v2 import signing, xmlcodec
+from server.gateway.wxpay_v2.client import WxPayClient, parse_wx_time
+from server.push.tokens import PushTokens
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import time
 
 from pymongo.errors import DuplicateKeyError
 
-from server.passwords import hash_password, verify_password
-from server.store import Store
+from server.accounts.passwords import hash_password, verify_password
+from server.infra.store import Store
 
 USERNAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MAX_PASSWORD = 1024

@@ -23,9 +23,9 @@ from typing import Any
 
 from pymongo.errors import PyMongoError
 
-from server.bus import Bus, BusUnavailable
-from server.push_tokens import PushTokens
-from server.store import Store
+from server.infra.bus import Bus, BusUnavailable
+from server.infra.store import Store
+from server.push.tokens import PushTokens
 
 log = logging.getLogger(__name__)
 

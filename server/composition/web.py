@@ -11,11 +11,11 @@ import tornado.httputil
 import tornado.web
 
 from handlers import api, health, notify, pages, ws
-from server.services import Services
+from server.composition.container import Services
 from server.simulator import app as simulator_app
 from settings import Network
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -17,14 +17,14 @@ import aiohttp
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 import settings as settings_mod
-from server import logs
-from server.app import make_app, make_metrics_app, make_simulator_app
-from server.catalog import DEMO_PASSWORD, DEMO_USER
-from server.embedded_mongo import EmbeddedMongo
-from server.services import open_services
+from server.accounts.users import InvalidUser, create_user
+from server.composition.container import open_services
+from server.composition.web import make_app, make_metrics_app, make_simulator_app
+from server.domain.catalog import DEMO_PASSWORD, DEMO_USER
+from server.infra import logs
+from server.infra.embedded_mongo import EmbeddedMongo
+from server.infra.store import connect
 from server.simulator.app import Simulator
-from server.store import connect
-from server.users import InvalidUser, create_user
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from server.orders import CLOSED, PAID, REJECTED, RESERVING, UNPAID, Orders
-from server.payments import Payments
-from server.wxpay.client import WxPayClient
-from server.wxpay.errors import WxPayError
+from server.domain.orders import CLOSED, PAID, REJECTED, RESERVING, UNPAID, Orders
+from server.domain.payments import Payments
+from server.gateway.errors import WxPayError
+from server.gateway.wxpay_v2.client import WxPayClient
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from server import users
-from server.store import Store
+from server.accounts import users
+from server.infra.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from server.bus import Bus
+from server.infra.bus import Bus
 
 log = logging.getLogger(__name__)
 

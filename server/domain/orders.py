@@ -24,10 +24,10 @@ from typing import Any
 
 from pymongo import ReturnDocument
 
-from server.bus import BusUnavailable
-from server.events import OrderEvents, outbox_fields
-from server.store import Store
-from server.timeout_queues import TimeoutQueues
+from server.infra.bus import BusUnavailable
+from server.infra.store import Store
+from server.infra.timeout_queues import TimeoutQueues
+from server.push.events import OrderEvents, outbox_fields
 
 log = logging.getLogger(__name__)
 

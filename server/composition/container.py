@@ -11,22 +11,22 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from server import catalog
-from server import store as store_mod
-from server.bus import Bus
-from server.embedded_mongo import EmbeddedMongo
-from server.events import OrderEvents
-from server.login_throttle import LoginLimits, LoginThrottle
-from server.metrics import Metrics
-from server.orders import Orders
-from server.payments import Payments, PushRoutes
-from server.push_hub import PushHub
-from server.push_tokens import PushTokens
+from server.accounts.login_throttle import LoginLimits, LoginThrottle
+from server.domain import catalog
+from server.domain.orders import Orders
+from server.domain.payments import Payments, PushRoutes
+from server.domain.timeouts import Timeouts
+from server.gateway.wxpay_v2.client import Merchant, WxPayClient
+from server.infra import store as store_mod
+from server.infra.bus import Bus
+from server.infra.embedded_mongo import EmbeddedMongo
+from server.infra.metrics import Metrics
+from server.infra.store import Store
+from server.infra.timeout_queues import TimeoutQueues
+from server.push.events import OrderEvents
+from server.push.hub import PushHub
+from server.push.tokens import PushTokens
 from server.simulator.app import Simulator
-from server.store import Store
-from server.timeout_queues import TimeoutQueues
-from server.timeouts import Timeouts
-from server.wxpay.client import Merchant, WxPayClient
 from settings import Settings
 from workers import active_query, order_timeout, outbox, paynotify_bridge, sweeper
 

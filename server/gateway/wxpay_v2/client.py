@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from server.wxpay import signing, xmlcodec
-from server.wxpay.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable
+from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable
+from server.gateway.wxpay_v2 import signing, xmlcodec
 
 log = logging.getLogger(__name__)
 
