@@ -4,33 +4,53 @@ from __future__ import annotations
 
 import tornado.web
 
+from handlers import qr
 from handlers.base import JsonHandler
-from server.domain import catalog
-from server.domain.orders import order_json, parse_lines
+from handlers.views import order_json
+from server.domain.catalog import Catalog
+from server.domain.orders import Orders, parse_lines
+from server.domain.payments import Payments
+from server.lifecycle import InFlight
 
 
 class SkusHandler(JsonHandler):
+    def initialize(self, requests: InFlight, catalog: Catalog) -> None:  # type: ignore[override]
+        super().initialize(requests)
+        self.catalog = catalog
+
     async def get(self) -> None:
-        self.send_json(await catalog.list_skus(self.services.store))
+        self.send_json(await self.catalog.skus())
 
 
 class OrdersHandler(JsonHandler):
+    def initialize(self, requests: InFlight, orders: Orders) -> None:  # type: ignore[override]
+        super().initialize(requests)
+        self.orders = orders
+
     async def post(self) -> None:
         lines = parse_lines(self.json_body())
-        order = await self.services.orders.create(self.user, lines)
+        order = await self.orders.create(self.user, lines)
         self.set_header("Location", f"/api/orders/{order['_id']}")
         self.send_json(order_json(order), status=201)
 
 
 class OrderHandler(JsonHandler):
+    def initialize(self, requests: InFlight, orders: Orders) -> None:  # type: ignore[override]
+        super().initialize(requests)
+        self.orders = orders
+
     async def get(self, order_id: str) -> None:
-        self.send_json(order_json(await self.services.orders.get_owned(self.user, order_id), with_logs=True))
+        self.send_json(order_json(await self.orders.get_owned(self.user, order_id), with_logs=True))
 
 
 class CreateNativeHandler(JsonHandler):
+    def initialize(self, requests: InFlight, payments: Payments) -> None:  # type: ignore[override]
+        super().initialize(requests)
+        self.payments = payments
+
     async def get(self) -> None:
         order_id = self.get_query_argument("orderId", "")
         if not order_id:
             raise tornado.web.HTTPError(400, reason="orderId is required")
-        self.send_json(await self.services.payments.create_native(
-            self.user, order_id, self.request.remote_ip or "127.0.0.1"))
+        checkout = await self.payments.create_native(self.user, order_id, self.request.remote_ip or "127.0.0.1")
+        self.send_json({**checkout, "qr_svg": qr.svg(checkout["code_url"])})

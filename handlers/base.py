@@ -1,4 +1,5 @@
-"""BaseHandler: the login cookie, dependency injection and error mapping."""
+"""BaseHandler: the login cookie, the request count, and the one place where
+the domain's refusals become HTTP statuses (the domain knows no HTTP)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import tornado.web
 from pymongo.errors import PyMongoError
 from tornado.http1connection import HTTP1Connection
 
-from server.composition.container import Services
-from server.domain.orders import OrderError
+from server.domain.errors import (
+    Busy,
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    LimitReached,
+    NotFound,
+    UpstreamUnavailable,
+)
+from server.lifecycle import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +53,30 @@ def user_from_cookie_header(header: str, secret: str) -> str | None:
     return None
 
 
-class BaseHandler(tornado.web.RequestHandler):
-    services: Services
+# Most specific first: a subclass of one kind is never caught by another's row.
+HTTP_STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (InvalidRequest, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (LimitReached, 429),
+    (UpstreamUnavailable, 502),
+    (Busy, 503),
+)
 
-    def initialize(self, services: Services) -> None:
-        self.services = services
-        services.requests_in_flight += 1  # shutdown waits for these to finish
+
+def http_status(exc: DomainError) -> int:
+    return next((status for kind, status in HTTP_STATUS if isinstance(exc, kind)), 400)
+
+
+def retry_after(exc: DomainError) -> int | None:
+    seconds = getattr(exc, "retry_after", None)
+    return None if seconds is None else max(1, round(seconds))
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    def initialize(self, requests: InFlight) -> None:
+        self.requests = requests
+        requests.enter()  # shutdown waits for these to finish
         self._counted = True
 
     def on_finish(self) -> None:
@@ -67,7 +94,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self.services.requests_in_flight -= 1
+            self.requests.leave()
 
     def get_current_user(self) -> str | None:
         return user_from_cookie(self)
@@ -87,7 +114,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         # Expected failures get one line; only the unexpected get a traceback.
-        if isinstance(value, (OrderError, PyMongoError)):
+        if isinstance(value, (DomainError, PyMongoError)):
             log.warning("%s %s: %s: %s", self.request.method, self.request.path,
                         type(value).__name__, value)
             return
@@ -140,8 +167,11 @@ class JsonHandler(BaseHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, OrderError):
-            status_code, message = exc.status, str(exc)
+        if isinstance(exc, DomainError):
+            status_code, message = http_status(exc), str(exc)
+            wait = retry_after(exc)
+            if wait is not None:
+                self.set_header("Retry-After", str(wait))
         elif isinstance(exc, PyMongoError):
             status_code, message = 503, "storage unavailable, try again"
         elif isinstance(exc, tornado.web.HTTPError) and exc.reason:

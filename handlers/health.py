@@ -1,24 +1,22 @@
-"""Probes for load balancers: liveness and readiness."""
+"""Probes for load balancers and orchestrators: liveness, readiness, metrics."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
-from pymongo.errors import PyMongoError
-
 from handlers.base import BaseHandler
 from server.infra.metrics import CONTENT_TYPE
+from server.infra.probes import Probes
+from server.lifecycle import InFlight
 
 
-class HealthzHandler(BaseHandler):
-    """Liveness. External dependencies are /readyz's business, but an embedded
-    MongoDB this process uses is part of it: once that is gone only a restart
-    brings a database back, so the probe fails and the orchestrator restarts us."""
+class ProbeHandler(BaseHandler):
+    def initialize(self, requests: InFlight, probes: Probes) -> None:  # type: ignore[override]
+        super().initialize(requests)
+        self.probes = probes
 
+
+class HealthzHandler(ProbeHandler):
     def get(self) -> None:
-        embedded = self.services.embedded_mongo
-        failure = embedded.failure() if embedded is not None else None
+        failure = self.probes.liveness_failure()
         if failure:
             self.set_status(503)
             self.finish({"status": "down", "reason": failure})
@@ -26,23 +24,16 @@ class HealthzHandler(BaseHandler):
         self.finish({"status": "ok"})
 
 
-class ReadyzHandler(BaseHandler):
+class ReadyzHandler(ProbeHandler):
     async def get(self) -> None:
-        checks = {"mongodb": "ok", "rabbitmq": "ok" if self.services.bus.is_open else "down"}
-        try:
-            await asyncio.wait_for(self.services.store.ping(), timeout=2)
-        except (TimeoutError, PyMongoError) as exc:
-            checks["mongodb"] = f"down: {type(exc).__name__}"
+        checks = await self.probes.readiness()
         ready = all(v == "ok" for v in checks.values())
         self.set_status(200 if ready else 503)
         self.finish({"status": "ready" if ready else "not ready", **checks})
 
 
-class MetricsHandler(BaseHandler):
+class MetricsHandler(ProbeHandler):
     async def get(self) -> None:
-        metrics = self.services.metrics
-        # Store down: keep the last value; /readyz says what is wrong.
-        with contextlib.suppress(PyMongoError):
-            metrics.outbox_backlog.set(await self.services.events.backlog())
+        text = await self.probes.metrics_text()
         self.set_header("Content-Type", CONTENT_TYPE)
-        self.finish(metrics.render())
+        self.finish(text)

@@ -8,14 +8,16 @@ could help or the message must not be believed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import tornado.web
 from pymongo.errors import PyMongoError
 from tornado.http1connection import HTTP1Connection
 
 from handlers.base import BaseHandler
-from server.domain.payments import NotifyRejected
+from server.domain.payments import NotifyRejected, Payments
 from server.gateway.wxpay_v2 import xmlcodec
+from server.lifecycle import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,13 @@ MAX_NOTIFY_BODY = 64 * 1024
 
 @tornado.web.stream_request_body
 class NotifyHandler(BaseHandler):
+    def initialize(self, requests: InFlight, payments: Payments,  # type: ignore[override]
+                   count: Callable[[str], None]) -> None:
+        """``count``: told each notify's outcome (acknowledged, rejected, storage_unavailable)."""
+        super().initialize(requests)
+        self.payments = payments
+        self.count = count
+
     def check_xsrf_cookie(self) -> None:
         """Exempt: a notify carries no cookie; its signature is its proof."""
 
@@ -54,15 +63,15 @@ class NotifyHandler(BaseHandler):
         if self._too_large:
             return self._reply_fail("body too large", 413)
         try:
-            order_id = await self.services.payments.handle_notify(b"".join(self._chunks))
+            order_id = await self.payments.handle_notify(b"".join(self._chunks))
         except NotifyRejected as exc:
-            self.services.metrics.notifies.labels("rejected").inc()
+            self.count("rejected")
             return self._reply_fail(str(exc), 400)
         except PyMongoError as exc:
-            self.services.metrics.notifies.labels("storage_unavailable").inc()
+            self.count("storage_unavailable")
             log.warning("notify not recorded, storage unavailable: %s", type(exc).__name__)
             return self._reply_fail("storage unavailable, retry later", 503)
-        self.services.metrics.notifies.labels("acknowledged").inc()
+        self.count("acknowledged")
         log.info("notify for %s acknowledged", order_id)
         self._reply({"return_code": "SUCCESS", "return_msg": "OK"})
 

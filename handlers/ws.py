@@ -12,7 +12,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,10 +22,11 @@ from pymongo.errors import PyMongoError
 from tornado.httputil import HTTPHeaders
 
 from handlers.base import user_from_cookie_header
-from server.composition.container import Services
-from server.domain.orders import OrderError
+from server.domain.errors import NotFound
+from server.domain.orders import Orders
 from server.push.events import event_for
-from server.push.hub import Subscriber
+from server.push.hub import PushHub, Subscriber
+from server.push.tokens import PushTokens
 
 log = logging.getLogger(__name__)
 
@@ -39,44 +41,54 @@ CLOSE_TOO_MANY = 4429
 CLOSE_UNAVAILABLE = 1011
 
 
+@dataclass(frozen=True)
+class SocketDeps:
+    """What a pay-page socket needs; one object shared by every socket."""
+
+    hub: PushHub
+    orders: Orders
+    tokens: PushTokens
+    cookie_secret: str
+    public_netloc: str  # host[:port] of PUBLIC_URL: an accepted Origin behind a proxy
+    on_delivered: Callable[[float | None], None]  # an event reached the page (``at``: its transition)
+
+
 class PaySocket(tornado.websocket.WebSocketHandler):
     # Slots, not the instance dict: three more attributes there would turn
     # Tornado's key-sharing dict into a combined one, about 1.5 KiB per socket.
-    __slots__ = ("_current_user", "services", "sub")
+    __slots__ = ("_current_user", "deps", "sub")
 
-    def initialize(self, services: Services) -> None:
-        self.services = services
+    def initialize(self, deps: SocketDeps) -> None:
+        self.deps = deps
         self.sub: Subscriber | None = None
 
     def get_current_user(self) -> str | None:
         return user_from_cookie_header(self.request.headers.get("Cookie", ""),
-                                       self.services.settings.cookie_secret)
+                                       self.deps.cookie_secret)
 
     def check_origin(self, origin: str) -> bool:
         # Same host as the request (Tornado's rule), or the configured public host
         # when a proxy rewrites Host.
         netloc = urlsplit(origin).netloc.lower()
-        public = urlsplit(self.services.settings.public_url).netloc.lower()
-        return netloc in (self.request.host.lower(), public)
+        return netloc in (self.request.host.lower(), self.deps.public_netloc)
 
     async def open(self) -> None:  # type: ignore[override]
         user = self.current_user
         if not user:
             self.close(CLOSE_LOGIN, "log in first")
             return
-        hub = self.services.hub
+        hub = self.deps.hub
         if not hub.can_open(user):
             self.close(CLOSE_TOO_MANY, "too many pay pages open")
             return
         order_id = self.get_query_argument("orderId", "")[:64]
         self._forget_handshake()
-        self.sub = Subscriber(user, order_id, self.services.push_tokens.token(order_id), self,
-                              self.services.pushed)
+        self.sub = Subscriber(user, order_id, self.deps.tokens.token(order_id), self, self.deps.on_delivered)
         hub.subscribe(self.sub)
         try:
-            order = await self.services.orders.get_owned(user, order_id)
+            order = await self.deps.orders.get_owned(user, order_id)
             await self.sub.start(event_for(order, "status"))
-        except OrderError:
+        except NotFound:
             self._drop(CLOSE_NOT_FOUND, "no such order")
         except PyMongoError:
             self._drop(CLOSE_UNAVAILABLE, "storage unavailable")
@@ -124,7 +136,7 @@ class PaySocket(tornado.websocket.WebSocketHandler):
 
     def _drop(self, code: int, reason: str) -> None:
         if self.sub is not None:
-            self.services.hub.unsubscribe(self.sub)
+            self.deps.hub.unsubscribe(self.sub)
         self.close(code, reason)
 
     def on_message(self, message: str | bytes) -> None:
@@ -142,4 +154,4 @@ class PaySocket(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.sub is not None:
-            self.services.hub.unsubscribe(self.sub)
+            self.deps.hub.unsubscribe(self.sub)

@@ -81,6 +81,9 @@ async def test_closeorder_refused_as_too_young_is_retried_until_it_closes(
 
 
 @pytest.mark.gen_test(timeout=120)
+# Deadlines far off while the 50 orders and their QRs are made (seconds on a
+# loaded machine); the test then makes them all due at once itself.
+@pytest.mark.parametrize("extra_settings", [{**SETTINGS, "order_timeout_seconds": 600}])
 async def test_notify_and_timeout_racing_end_paid_xor_closed(shopper: Shopper, services: Services) -> None:
     before = await stock_total(services)
     rng = random.Random(7)
@@ -190,9 +193,10 @@ async def test_connection_dropped_before_ack_redelivers_and_processes_once(
         shopper: Shopper, services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
     await shopper.create_native(order["id"])
-    await shopper.request("POST", "/sandbox/wxpay/control", {"api_delay": 3})
+    await shopper.request("POST", "/sandbox/wxpay/control", {"api_delay": 15})
     loop = asyncio.get_running_loop()
-    # The deadline passes at 2 s; the worker is then inside orderquery (3 s).
+    # The deadline passes at 2 s; the worker is then inside orderquery (15 s),
+    # long enough for listing and closing the connections on a loaded machine.
     await asyncio.sleep(3.0)
     closed_connections = await loop.run_in_executor(
         None, close_connections_on, vhost_of(services.settings.amqp_url), "test: drop before ack")
@@ -206,6 +210,8 @@ async def test_connection_dropped_before_ack_redelivers_and_processes_once(
     assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
 
 
+# A deadline far enough off to be seen by rabbitmqctl before it expires.
+@pytest.mark.parametrize("extra_settings", [{**SETTINGS, "order_timeout_seconds": 600}])
 @pytest.mark.gen_test(timeout=60)
 async def test_deadline_messages_are_kept_as_a_broker_restart_keeps_them(
         shopper: Shopper, services: Services) -> None:

@@ -20,9 +20,9 @@ from pymongo.errors import PyMongoError
 from server.domain.orders import CLOSED, PAID, UNPAID, Orders
 from server.domain.payments import Payments
 from server.gateway.errors import WxPayError
+from server.lifecycle import InFlight, every
 from server.push.events import event_for, transition_time
 from server.push.hub import PushHub, Subscriber
-from workers import rest
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class ActiveQuery:
         self._interval: dict[str, float] = {}  # order_id -> next interval, one heap entry per order
         for sub in hub.subscribers():
             self.watch(sub)
-        hub.on_subscribe = self.watch
+        hub.on_subscribe.add(self.watch)
 
     def watch(self, sub: Subscriber) -> None:
         """A page opened: its order gets a first look after a while (once, however many pages)."""
@@ -101,9 +101,6 @@ class ActiveQuery:
         return found
 
 
-async def run(active: ActiveQuery, stop: asyncio.Event, interval: float = 2.0) -> None:
-    while not await rest(stop, interval):
-        try:
-            await active.tick(stop)
-        except PyMongoError as exc:
-            log.warning("active query: storage unavailable: %s", type(exc).__name__)
+async def run(active: ActiveQuery, stopping: asyncio.Event, passes: InFlight, interval: float = 2.0) -> None:
+    await every(interval, lambda: active.tick(stopping), stopping, passes, "active query",
+                swallow=(PyMongoError,))

@@ -18,12 +18,13 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from server.domain.timeouts import Outcome, Timeouts
 from server.infra.timeout_queues import ATTEMPT_HEADER, TimeoutQueues
+from server.lifecycle import InFlight
 
 log = logging.getLogger(__name__)
 
 
-def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
-                 stats: Counter[str]) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+def make_handler(timeouts: Timeouts, queues: TimeoutQueues, stats: Counter[str],
+                 messages: InFlight) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
         if not queues.accepting:
             # Shutting down. Left unacked, the message goes back to the queue
@@ -34,11 +35,8 @@ def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
         stats["received"] += 1
         if message.redelivered:
             stats["redelivered"] += 1
-        queues.in_flight += 1
-        try:
+        with messages.running():
             await _handle(message)
-        finally:
-            queues.in_flight -= 1
 
     async def _handle(message: AbstractIncomingMessage) -> None:
         # requeue on an unexpected failure (nothing acked it), after a pause so a
@@ -73,5 +71,6 @@ def make_handler(timeouts: Timeouts, queues: TimeoutQueues,
     return handle
 
 
-async def start(timeouts: Timeouts, queues: TimeoutQueues, stats: Counter[str]) -> None:
-    await queues.consume(make_handler(timeouts, queues, stats))
+async def start(timeouts: Timeouts, queues: TimeoutQueues, stats: Counter[str], messages: InFlight) -> None:
+    """``messages``: counts the deadline messages being handled, so a stop can let them finish."""
+    await queues.consume(make_handler(timeouts, queues, stats, messages))

@@ -7,18 +7,20 @@ import logging
 
 from pymongo.errors import PyMongoError
 
+from server.lifecycle import InFlight, every
 from server.push.events import OrderEvents
-from workers import rest
 
 log = logging.getLogger(__name__)
 
 
-async def run(events: OrderEvents, stop: asyncio.Event, interval: float = 1.0) -> None:
-    while not stop.is_set():
-        try:
-            sent = await events.drain(stop=stop)
-            if sent:
-                log.info("outbox: published %d delayed event(s)", sent)
-        except PyMongoError as exc:
-            log.warning("outbox: storage unavailable: %s", type(exc).__name__)
-        await rest(stop, interval)
+async def drain_once(events: OrderEvents, stopping: asyncio.Event) -> int:
+    sent = await events.drain(stop=stopping)
+    if sent:
+        log.info("outbox: published %d delayed event(s)", sent)
+    return sent
+
+
+async def run(events: OrderEvents, stopping: asyncio.Event, passes: InFlight, interval: float = 1.0) -> None:
+    # At once at start-up: a process that died may have left events behind.
+    await every(interval, lambda: drain_once(events, stopping), stopping, passes, "outbox",
+                swallow=(PyMongoError,), wait_first=False)

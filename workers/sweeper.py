@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 
 from server.domain.orders import Orders
 from server.domain.timeouts import Outcome, Timeouts
-from workers import rest
+from server.lifecycle import InFlight, every
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float,
 
 
 async def run(orders: Orders, timeouts: Timeouts, interval: float, grace: float,
-              stop: asyncio.Event) -> None:
-    while not await rest(stop, interval):
-        try:
-            await sweep_once(orders, timeouts, grace, stop)
-        except PyMongoError as exc:
-            log.warning("sweeper: storage unavailable: %s", type(exc).__name__)
+              stopping: asyncio.Event, passes: InFlight) -> None:
+    await every(interval, lambda: sweep_once(orders, timeouts, grace, stopping), stopping, passes,
+                "sweeper", swallow=(PyMongoError,))

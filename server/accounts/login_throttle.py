@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from server.accounts import users
+from server.domain.errors import Busy, LimitReached
 from server.infra.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,20 +66,18 @@ class LoginLimits:
     max_entries: int = 50_000  # per table; the least recently used go first
 
 
-class LoginRefused(Exception):
+class LoginRefused(LimitReached):
     """Too many failures: try again after ``retry_after`` seconds."""
 
-    status = 429
-
     def __init__(self, retry_after: float, message: str):
-        super().__init__(message)
-        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(message, max(1, math.ceil(retry_after)))
 
 
-class LoginBusy(LoginRefused):
+class LoginBusy(Busy):
     """The process checks no more passwords this second."""
 
-    status = 503
+    def __init__(self, retry_after: float, message: str):
+        super().__init__(message, max(1, math.ceil(retry_after)))
 
 
 class _Lru(Generic[K, V]):
@@ -267,3 +266,15 @@ async def log_in(throttle: LoginThrottle, store: Store, username: str, password:
     else:
         throttle.failed(attempt)
     return ok
+
+
+class Logins:
+    """Logging in as the pages need it: a password check within the throttle's budgets."""
+
+    def __init__(self, throttle: LoginThrottle, store: Store):
+        self.throttle = throttle
+        self.store = store
+
+    async def log_in(self, username: str, password: str, address: str, device_known: bool) -> bool:
+        """True when the password is right; raises LoginRefused or LoginBusy instead of checking it."""
+        return await log_in(self.throttle, self.store, username, password, address, device_known)

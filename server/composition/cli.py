@@ -118,8 +118,7 @@ async def wait_for_shutdown_signal() -> str:
 
 async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: EmbeddedMongo | None = None) -> None:
     await check_mongo(settings, mongo_url)
-    services = await open_services(settings, mongo_url)
-    services.embedded_mongo = embedded  # /healthz fails when it dies
+    services = await open_services(settings, mongo_url, embedded)  # /healthz fails when it dies
     await services.start_workers()
     app = make_app(services)
     server = app.listen(settings.port, settings.host)  # proxy headers: TRUSTED_PROXIES (server/app.py)

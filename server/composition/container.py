@@ -1,4 +1,7 @@
-"""The dependencies handlers and workers are given: opened once, closed once."""
+"""The container: every long-lived object, built once from the settings and
+the connections opened at start-up, wired together here and nowhere else, and
+closed once. With web.py and cli.py this is the composition root: the only
+code that imports workers/ (and, in web.py, handlers/)."""
 
 from __future__ import annotations
 
@@ -14,17 +17,20 @@ import aiohttp
 from server.accounts.login_throttle import LoginLimits, LoginThrottle
 from server.domain import catalog
 from server.domain.orders import Orders
-from server.domain.payments import Payments, PushRoutes
+from server.domain.payments import Payments
 from server.domain.timeouts import Timeouts
 from server.gateway.wxpay_v2.client import Merchant, WxPayClient
 from server.infra import store as store_mod
 from server.infra.bus import Bus
 from server.infra.embedded_mongo import EmbeddedMongo
 from server.infra.metrics import Metrics
+from server.infra.probes import Probes
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
+from server.lifecycle import InFlight
 from server.push.events import OrderEvents
 from server.push.hub import PushHub
+from server.push.routes import PushRoutes, ws_base
 from server.push.tokens import PushTokens
 from server.simulator.app import Simulator
 from settings import Settings
@@ -55,7 +61,9 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     embedded_mongo: EmbeddedMongo | None = None  # the one this process uses, when MONGO_URL is empty
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
-    requests_in_flight: int = 0
+    requests: InFlight = field(default_factory=lambda: InFlight("requests"))
+    passes: InFlight = field(default_factory=lambda: InFlight("worker passes"))
+    deadline_messages: InFlight = field(default_factory=lambda: InFlight("timeout messages"))
     timeout_stats: Counter[str] = field(default_factory=Counter)
     # Set at shutdown: workers start no new pass, the timeout consumer takes no new message.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,8 +81,13 @@ class Services:
                        lambda: dict(self.timeout_stats))
         m.counter_from("paypush_logins", "Login attempts by outcome (ok, failed, refused, busy)", "outcome",
                        lambda: dict(self.login_throttle.outcomes))
-        self.orders.on_transition = lambda name: m.orders.labels(name).inc()
-        self.events.deliver_locally = self.hub.dispatch
+        self.orders.on_transition.add(lambda name: m.orders.labels(name).inc())
+        self.events.deliver_locally.add(self.hub.dispatch)
+        self.probes = Probes(self.store, self.bus, m, self.embedded_mongo, self.events.backlog)
+
+    @property
+    def requests_in_flight(self) -> int:
+        return self.requests.count
 
     def pushed(self, transition_at: float | None) -> None:
         """A socket got an event: count it, and time it from the order's transition."""
@@ -85,16 +98,16 @@ class Services:
     async def start_workers(self) -> None:
         self.metrics.watch_gc()
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
-        await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats)
+        await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats, self.deadline_messages)
         cfg = self.settings
         active = active_query.ActiveQuery(self.hub, self.orders, self.payments, cfg.active_query_after_seconds)
         loop = asyncio.get_running_loop()
         stop = self.stopping
         self._workers += [
-            loop.create_task(outbox.run(self.events, stop), name="outbox"),
+            loop.create_task(outbox.run(self.events, stop, self.passes), name="outbox"),
             loop.create_task(sweeper.run(self.orders, self.timeouts, cfg.sweep_interval_seconds,
-                                         cfg.sweep_grace_seconds, stop), name="sweeper"),
-            loop.create_task(active_query.run(active, stop), name="active-query"),
+                                         cfg.sweep_grace_seconds, stop, self.passes), name="sweeper"),
+            loop.create_task(active_query.run(active, stop, self.passes), name="active-query"),
         ]
         self._keep_alive = loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive")
 
@@ -106,9 +119,6 @@ class Services:
         self.stopping.set()
         self.timeout_queues.stop_taking()
 
-    def _busy(self) -> int:
-        return (self.requests_in_flight + self.timeout_queues.in_flight
-                + sum(not task.done() for task in self._workers))
 
     async def finish_in_flight(self, within: float) -> int:
         """Shutdown: take no new work, ask RabbitMQ to stop sending deadline
@@ -118,13 +128,14 @@ class Services:
         self.stop_taking_work()
         deadline = time.monotonic() + within
         await self.timeout_queues.stop_consuming(within=min(1.0, within))
-        while self._busy() and time.monotonic() < deadline:  # noqa: ASYNC110 - counters, not events; shutdown only
-            await asyncio.sleep(0.05)
-        left = self._busy()
+        work = (self.requests, self.deadline_messages, self.passes)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(w.idle() for w in work)),
+                                   max(0.0, deadline - time.monotonic()))
+        left = sum(w.count for w in work)
         if left:
-            log.warning("shutdown: %d request(s), %d timeout message(s) and %d worker pass(es) still running; "
-                        "cutting them off", self.requests_in_flight, self.timeout_queues.in_flight,
-                        sum(not task.done() for task in self._workers))
+            log.warning("shutdown: still running after %.1fs, cut off: %s", within,
+                        ", ".join(f"{w.count} {w.name}" for w in work if w.count))
         return left
 
     async def close(self, within: float = 8.0) -> None:
@@ -155,11 +166,9 @@ class Services:
         await self.store.close()
 
 
-def ws_base(public_url: str) -> str:
-    return "ws" + public_url[len("http"):] if public_url.startswith("http") else public_url
-
-
-async def open_services(settings: Settings, mongo_url: str) -> Services:
+async def open_services(settings: Settings, mongo_url: str,
+                        embedded_mongo: EmbeddedMongo | None = None) -> Services:
+    """``embedded_mongo``: the server behind ``mongo_url`` when this process runs one (liveness watches it)."""
     """Connect to MongoDB (creating indexes) and RabbitMQ, and build the service layer."""
     store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     await store_mod.create_indexes(store)
@@ -188,4 +197,5 @@ async def open_services(settings: Settings, mongo_url: str) -> Services:
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
                     Timeouts(orders, payments, wx), simulator,
-                    login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)))
+                    login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)),
+                    embedded_mongo=embedded_mongo)

@@ -1,4 +1,5 @@
-"""The application factory: routes and Tornado settings around given services."""
+"""The application factory: routes, each handler given only what it needs,
+and Tornado's settings, around the objects the container built."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.httputil
 import tornado.web
 
 from handlers import api, health, notify, pages, ws
+from server.accounts.login_throttle import Logins
 from server.composition.container import Services
+from server.domain.catalog import Catalog
 from server.simulator import app as simulator_app
 from settings import Network
 
@@ -75,31 +79,45 @@ class PaypushApplication(tornado.web.Application):
 
 
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
-    deps = {"services": services}
+    settings = services.settings
+    requests = services.requests
+    page = {"requests": requests, "pages": pages.PageDeps(
+        catalog=Catalog(services.store), orders=services.orders,
+        logins=Logins(services.login_throttle, services.store), sandbox=settings.sandbox,
+        push_route=settings.push_route, csp=pages.page_csp(settings.public_url, settings.stomp_url),
+        secure_cookies=settings.public_url.startswith("https://"))}
+    orders = {"requests": requests, "orders": services.orders}
+    probes = {"requests": requests, "probes": services.probes}
+    socket = {"deps": ws.SocketDeps(
+        hub=services.hub, orders=services.orders, tokens=services.push_tokens,
+        cookie_secret=settings.cookie_secret, public_netloc=urlsplit(settings.public_url).netloc.lower(),
+        on_delivered=services.pushed)}
     routes: list[tornado.web.URLSpec] = [
-        tornado.web.url(r"/", pages.ShopPage, deps, name="shop"),
-        tornado.web.url(r"/login", pages.LoginPage, deps, name="login"),
-        tornado.web.url(r"/logout", pages.LogoutHandler, deps, name="logout"),
-        tornado.web.url(r"/weixinpay\.html", pages.PayPage, deps, name="pay"),
-        tornado.web.url(r"/paysuccess\.html", pages.SuccessPage, deps, name="paysuccess"),
-        tornado.web.url(r"/payfail\.html", pages.FailPage, deps, name="payfail"),
-        tornado.web.url(r"/api/skus", api.SkusHandler, deps),
-        tornado.web.url(r"/api/orders", api.OrdersHandler, deps),
-        tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, deps),
-        tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler, deps),
-        tornado.web.url(r"/wxpay/notify", notify.NotifyHandler, deps),
-        tornado.web.url(r"/ws/pay", ws.PaySocket, deps),
+        tornado.web.url(r"/", pages.ShopPage, page, name="shop"),
+        tornado.web.url(r"/login", pages.LoginPage, page, name="login"),
+        tornado.web.url(r"/logout", pages.LogoutHandler, {"requests": requests}, name="logout"),
+        tornado.web.url(r"/weixinpay\.html", pages.PayPage, page, name="pay"),
+        tornado.web.url(r"/paysuccess\.html", pages.SuccessPage, page, name="paysuccess"),
+        tornado.web.url(r"/payfail\.html", pages.FailPage, page, name="payfail"),
+        tornado.web.url(r"/api/skus", api.SkusHandler, {"requests": requests, "catalog": Catalog(services.store)}),
+        tornado.web.url(r"/api/orders", api.OrdersHandler, orders),
+        tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, orders),
+        tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler,
+                        {"requests": requests, "payments": services.payments}),
+        tornado.web.url(r"/wxpay/notify", notify.NotifyHandler,
+                        {"requests": requests, "payments": services.payments,
+                         "count": lambda outcome: services.metrics.notifies.labels(outcome).inc()}),
+        tornado.web.url(r"/ws/pay", ws.PaySocket, socket),
         tornado.web.url(r"/vendor/stompjs/(stomp\.umd\.min\.js)", tornado.web.StaticFileHandler,
                         {"path": str(ROOT / "node_modules/@stomp/stompjs/bundles")}),
-        tornado.web.url(r"/healthz", health.HealthzHandler, deps),
-        tornado.web.url(r"/readyz", health.ReadyzHandler, deps),
+        tornado.web.url(r"/healthz", health.HealthzHandler, probes),
+        tornado.web.url(r"/readyz", health.ReadyzHandler, probes),
     ]
-    if services.settings.sandbox:
+    if settings.sandbox:
         # Outside sandbox mode /metrics has a listener of its own (make_metrics_app).
-        routes.append(tornado.web.url(r"/metrics", health.MetricsHandler, deps))
+        routes.append(tornado.web.url(r"/metrics", health.MetricsHandler, probes))
     if services.simulator is not None:
         routes += simulator_app.routes("/sandbox/wxpay", services.simulator)
-    settings = services.settings
     app_settings: dict[str, Any] = {
         "cookie_secret": settings.cookie_secret,
         "xsrf_cookies": True,
@@ -120,7 +138,7 @@ def make_metrics_app(services: Services) -> tornado.web.Application:
     """``/metrics`` alone, for METRICS_HOST:METRICS_PORT: what a process counts
     (orders, notifies, sockets) is for the operator, never for the public port."""
     return tornado.web.Application([tornado.web.url(r"/metrics", health.MetricsHandler,
-                                                    {"services": services})])
+                                                    {"requests": services.requests, "probes": services.probes})])
 
 
 def make_simulator_app(sim: simulator_app.Simulator) -> tornado.web.Application:

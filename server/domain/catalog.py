@@ -32,6 +32,16 @@ def sku_json(doc: dict[str, Any]) -> dict[str, Any]:
             "stock": int(doc["stock"]), "max_per_order": max_per_order(doc)}
 
 
+class Catalog:
+    """The SKUs shoppers choose from."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def skus(self) -> list[dict[str, Any]]:
+        return await list_skus(self.store)
+
+
 async def list_skus(store: Store) -> list[dict[str, Any]]:
     docs = await store.skus.find({}, projection={"holds": 0}).sort("_id", 1).to_list(1000)
     return [sku_json(d) for d in docs]

@@ -18,15 +18,17 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
 
+from server.domain.errors import Conflict, InvalidRequest, LimitReached, NotFound
 from server.infra.bus import BusUnavailable
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
+from server.lifecycle import Callbacks
 from server.push.events import OrderEvents, outbox_fields
 
 log = logging.getLogger(__name__)
@@ -40,32 +42,22 @@ MAX_NUM = 99
 SKU_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class OrderError(Exception):
-    status = 400
+class BadOrder(InvalidRequest):
+    pass
 
 
-class BadOrder(OrderError):
-    status = 400
-
-
-class OutOfStock(OrderError):
-    status = 409
-
+class OutOfStock(Conflict):
     def __init__(self, sku_id: str):
         super().__init__(f"not enough stock for {sku_id}")
         self.sku_id = sku_id
 
 
-class TooManyUnpaidOrders(OrderError):
-    status = 429
-
+class TooManyUnpaidOrders(LimitReached):
     def __init__(self, limit: int):
         super().__init__(f"you already have {limit} unpaid orders: pay one or let it expire first")
 
 
-class OrderNotFound(OrderError):
-    status = 404
-
+class OrderNotFound(NotFound):
     def __init__(self) -> None:
         super().__init__("no such order")
 
@@ -124,28 +116,6 @@ def order_logs(order: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: e["at"])
 
 
-def order_json(order: dict[str, Any], with_logs: bool = False) -> dict[str, Any]:
-    out = {
-        "id": order["_id"],
-        "status": order["status"],
-        "pay_money": int(order["pay_money"]),
-        "items": [{"sku_id": i["sku_id"], "name": i["name"], "price": int(i["price"]),
-                   "num": int(i["num"])} for i in order["items"]],
-        "created_at": _iso(order["created_at"]),
-        "expires_at": _iso(order["expires_at"]),
-        "transaction_id": order.get("transaction_id"),
-        "pay_time": _iso(order["pay_time"]) if order.get("pay_time") else None,
-    }
-    if with_logs:
-        out["logs"] = [{"kind": e["kind"], "who": e["who"], "remarks": e.get("remarks", ""),
-                        "at": _iso(e["at"])} for e in order_logs(order)]
-    return out
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(ts)))
-
-
 class Orders:
     def __init__(self, store: Store, timeout_seconds: int, events: OrderEvents,
                  deadlines: TimeoutQueues | None = None, max_unpaid_per_user: int = 5):
@@ -155,7 +125,7 @@ class Orders:
         self.events = events
         self.deadlines = deadlines
         self._tasks: set[asyncio.Task[None]] = set()
-        self.on_transition: Callable[[str], None] = lambda name: None
+        self.on_transition: Callbacks[[str]] = Callbacks("orders.on_transition")
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
         skus = {d["_id"]: d for d in await self.store.skus.find(

@@ -10,15 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from server.domain import qr
-from server.domain.orders import CLOSED, PAID, UNPAID, OrderError, OrderNotFound, Orders
+from server.domain.errors import Conflict, UpstreamUnavailable
+from server.domain.orders import CLOSED, PAID, UNPAID, OrderNotFound, Orders
 from server.gateway.errors import WxPayError
 from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.gateway.wxpay_v2.client import WxPayClient, parse_wx_time
-from server.push.tokens import PushTokens
+from server.push.routes import PushRoutes
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +29,12 @@ class NotifyRejected(Exception):
     """The notify cannot be recorded; WeChat gets FAIL with this reason and retries."""
 
 
-class OrderNotPayable(OrderError):
-    status = 409
+class OrderNotPayable(Conflict):
+    pass
 
 
-class PaymentBackendError(OrderError):
-    status = 502
-
-
-@dataclass(frozen=True)
-class PushRoutes:
-    """Where the pay page can listen for its order's events."""
-
-    ws_base: str
-    stomp_url: str
-    stomp_host: str  # the RabbitMQ vhost, named in the page's STOMP CONNECT
-    stomp_login: str
-    stomp_passcode: str
-    tokens: PushTokens
-
-    def for_order(self, order_id: str) -> dict[str, Any]:
-        routes: dict[str, Any] = {"ws": f"{self.ws_base}/ws/pay?orderId={order_id}"}
-        # No passcode (possible only outside sandbox): the STOMP route is not set up, so it is not offered.
-        if self.stomp_passcode:
-            routes["stomp"] = {"url": self.stomp_url, "host": self.stomp_host, "login": self.stomp_login,
-                               "passcode": self.stomp_passcode,
-                               "destination": f"/exchange/paynotify/{self.tokens.routing_key(order_id)}"}
-        return routes
+class PaymentBackendError(UpstreamUnavailable):
+    pass
 
 
 class Payments:
@@ -79,7 +57,6 @@ class Payments:
             "code_url": code_url,
             "out_trade_no": order["_id"],
             "total_fee": int(order["pay_money"]),
-            "qr_svg": qr.svg(code_url),
             "push": self.push.for_order(order["_id"]),
         }
 
@@ -196,4 +173,4 @@ def _pay_time(time_end: str) -> float:
 
 
 __all__ = ["NotifyRejected", "OrderNotFound", "OrderNotPayable", "PaymentBackendError",
-           "Payments", "PushRoutes"]
+           "Payments"]

@@ -87,7 +87,6 @@ class TimeoutQueues:
         self.retry_delays = retry_delays
         self.names = names or Names.for_deployment()
         self.deployment_id = deployment_id
-        self.in_flight = 0  # messages being handled, so shutdown can let them finish
         # False from SIGTERM on: a message that still arrives (the cancel did
         # not reach the broker, or a reconnect restored the consumer) is left
         # unacked, for another process.

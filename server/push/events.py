@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from pymongo.errors import PyMongoError
 
 from server.infra.bus import Bus, BusUnavailable
 from server.infra.store import Store
+from server.lifecycle import Callbacks
 from server.push.tokens import PushTokens
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class OrderEvents:
         self._last_drain = 0.0
         self._tasks: set[asyncio.Task[bool]] = set()
         # (push token, event, transition time): this process's sockets for that token.
-        self.deliver_locally: Callable[[str, dict[str, Any], float], object] = lambda token, event, at: None
+        self.deliver_locally: Callbacks[[str, dict[str, Any], float]] = Callbacks("events.deliver_locally")
 
     def flush_soon(self, order: dict[str, Any]) -> None:
         """Give the order's pending event to this process's sockets, and publish

@@ -15,6 +15,8 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from server.lifecycle import Callbacks
+
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 16
@@ -149,7 +151,7 @@ class PushHub:
         self._per_user: Counter[str] = Counter()
         # Told of every new subscriber (the active-query backstop), so nobody
         # has to walk all of them to find the new ones.
-        self.on_subscribe: Callable[[Subscriber], None] = lambda sub: None
+        self.on_subscribe: Callbacks[[Subscriber]] = Callbacks("hub.on_subscribe")
 
     def __len__(self) -> int:
         return sum(self._per_user.values())

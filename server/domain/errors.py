@@ -1,0 +1,40 @@
+"""What a business rule can say no with. The domain knows no HTTP: handlers/
+map each kind to a status (handlers/base.py); the message is for the user."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A request the rules refuse; ``str(exc)`` says why, in the user's terms."""
+
+
+class InvalidRequest(DomainError):
+    """Malformed or out of range: asking again the same way cannot work."""
+
+
+class NotFound(DomainError):
+    """No such thing, or not the caller's to see (the two look the same)."""
+
+
+class Conflict(DomainError):
+    """Not possible in the current state (out of stock, not payable any more)."""
+
+
+class LimitReached(DomainError):
+    """The caller has used up an allowance; it may try again later."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Busy(DomainError):
+    """This process is at capacity right now; another one, or a moment later, will do."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamUnavailable(DomainError):
+    """A service we depend on (WeChat Pay) failed; the details are in the log."""
