@@ -247,3 +247,16 @@ def test_nothing_but_settings_reads_the_environment() -> None:
              for number, line in enumerate(path.read_text().splitlines(), 1) if reads.search(line)]
     assert found == []
 
+
+def readme_configuration_table() -> str:
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+
+
+def test_the_readme_table_is_generated_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert settings_mod.main(["--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == settings_mod.markdown_table()
+    assert readme_configuration_table() == printed, "run: python -m settings --markdown, and paste it in README.md"
+    for _, entry in settings_mod.table():
+        assert f"| `{entry.env}` |" in printed
