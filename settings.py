@@ -1,20 +1,32 @@
 """The only module that reads the environment.
 
-Everything configurable is read here once, validated, and handed to the rest of
-the code as a frozen :class:`Settings`. A missing or malformed value fails at
-start-up with a message naming the variable to set; secrets are kept out of
-``repr`` so they never reach a log line.
+Every setting is declared once, as a field of :class:`Settings` carrying a
+:class:`Setting` (its variable, parser, default, documentation, and whether it
+is a secret). That one declaration drives all four uses: :func:`from_environ`
+parses each variable with it, the defaults are its text, the README's
+configuration table is printed from it (``python -m settings --markdown``), and
+``repr`` redacts the fields it marks secret.
+
+Rules that tie settings together (sandbox mode and the merchant credentials,
+https outside sandbox, generated secrets, the STOMP route) run after the
+per-variable parse, as the explicit functions in :data:`RULES`.
+
+A missing or malformed value fails at start-up with a message naming the
+variable to set; secrets never appear in messages or ``repr``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
+import math
 import os
 import re
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Set
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -34,47 +46,294 @@ DEPLOYMENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 # the secret paypush generates itself (token_urlsafe(32)) is 43.
 MIN_COOKIE_SECRET_LENGTH = 32
 
+REDACTED = "**********"
+
 
 class ConfigError(Exception):
     """A configuration value is missing or malformed; the message says what to set."""
 
 
+# --- parsers: (variable name, stripped text) -> value, or ConfigError naming the variable ----------------------
+# The text is the given value, or the default when unset: empty only where the default is.
+
+Parse = Callable[[str, str], Any]
+
+
+def text(name: str, value: str) -> str:
+    return value
+
+
+def path(name: str, value: str) -> Path:
+    return Path(value)
+
+
+def one_of(*choices: str, fold: Callable[[str], str] = str.lower) -> Parse:
+    def parse(name: str, value: str) -> str:
+        value = fold(value)
+        if value not in choices:
+            raise ConfigError(f"{name} must be {' or '.join(choices)}, got {value!r}")
+        return value
+    return parse
+
+
+def whole_number(minimum: int = 0, maximum: int | None = None) -> Parse:
+    def parse(name: str, value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {number}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(f"{name} must be at most {maximum}, got {number}")
+        return number
+    return parse
+
+
+def number(positive: bool = False) -> Parse:
+    """A finite number, never negative; ``positive`` also refuses 0 (a rate, a speed, an interval)."""
+    def parse(name: str, value: str) -> float:
+        try:
+            result = float(value)
+        except ValueError:
+            result = math.nan
+        if not math.isfinite(result):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if result < 0:
+            raise ConfigError(f"{name} must not be negative, got {result}")
+        if positive and result == 0:
+            raise ConfigError(f"{name} must be more than 0, got {value!r}")
+        return result
+    return parse
+
+
+def flag(name: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {value.lower()!r}")
+
+
+def hide_password(url: str) -> str:
+    """``url`` with the password of its user info (an AMQP or MongoDB URL's) replaced, for messages and repr."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url if "@" not in url else REDACTED
+    if not password:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:{REDACTED}@{hostinfo}").geturl()
+
+
+def url(*schemes: str) -> Parse:
+    def parse(name: str, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme not in schemes or not parts.netloc:
+            starts = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ConfigError(f"{name} must be a URL starting {starts}, got {hide_password(value)!r}")
+        return value.rstrip("/")
+    return parse
+
+
+def networks(name: str, value: str) -> tuple[Network, ...]:
+    """Comma-separated IP addresses or CIDR blocks."""
+    result = []
+    for part in value.split(","):
+        if part.strip():
+            try:
+                result.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"{name} must be IP addresses or CIDR blocks, comma-separated, "
+                                  f"got {part.strip()!r}") from None
+    return tuple(result)
+
+
+def whole_seconds(name: str, value: str) -> tuple[int, ...]:
+    """Comma-separated whole seconds, each at least 1."""
+    try:
+        delays = tuple(int(d) for d in value.split(","))
+    except ValueError:
+        delays = ()
+    if not delays or min(delays) < 1:
+        raise ConfigError(f"{name} must be whole seconds >= 1, comma-separated, got {value!r}")
+    return delays
+
+
+def name_like(pattern: re.Pattern[str], what: str) -> Parse:
+    def parse(name: str, value: str) -> str:
+        if value and not pattern.fullmatch(value):
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+        return value
+    return parse
+
+
+# Secret parsers never quote the value they refuse.
+
+def merchant_key(name: str, value: str) -> str:
+    if len(value) != 32:
+        raise ConfigError(f"{name} must be the 32-character API key from the merchant platform")
+    return value
+
+
+def long_secret(minimum: int) -> Parse:
+    def parse(name: str, value: str) -> str:
+        if len(value) < minimum:
+            raise ConfigError(
+                f"{name} is too short ({len(value)} of at least {minimum} characters); "
+                "it signs logins: set it to random text, as from "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
+    return parse
+
+
+# --- the table ---------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
+class Setting:
+    """How one environment variable becomes one field of :class:`Settings`."""
+
+    env: str
+    parse: Parse
+    # The default as it would be written in the environment, parsed like a given
+    # value; None: a rule in RULES decides, as ``default_doc`` says.
+    default: str | None
+    doc: str
+    default_doc: str = ""
+    secret: bool = False
+
+    @property
+    def documented_default(self) -> str:
+        if self.default is None:
+            return self.default_doc
+        return f"`{self.default}`" if self.default else "empty"
+
+
+def setting(env: str, parse: Parse, default: str | None, doc: str, *,
+            default_doc: str = "", secret: bool = False) -> dict[str, Setting]:
+    """The metadata of a :class:`Settings` field: the one place the field's variable is declared."""
+    return {"setting": Setting(env, parse, default, doc, default_doc, secret)}
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8888
-    public_url: str = "http://127.0.0.1:8888"
-    mongo_url: str = ""
-    mongo_db: str = "paypush"
-    mongo_timeout_ms: int = 3000
-    var_dir: Path = Path("var")
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    stomp_url: str = "ws://127.0.0.1:15674/ws"
-    stomp_login: str = "webguest"
-    stomp_passcode: str = field(default="", repr=False)
-    wxpay_appid: str = SANDBOX_APPID
-    wxpay_mch_id: str = SANDBOX_MCH_ID
-    wxpay_key: str = field(default=SANDBOX_KEY, repr=False)
-    wxpay_sign_type: str = "MD5"
-    wxpay_api_base: str = ""
-    order_timeout_seconds: int = 3600
-    cookie_secret: str = field(default="", repr=False)
-    sandbox: bool = True
-    max_sockets_per_user: int = 8
-    max_unpaid_orders_per_user: int = 5
-    login_checks_per_second: float = 10.0
-    sim_close_min_age_seconds: float = 300.0
-    sim_notify_speed: float = 1.0
-    log_format: str = "text"
-    push_route: str = "ws"
-    timeout_retry_delays: tuple[int, ...] = (5, 30, 120, 600)
-    sweep_interval_seconds: float = 60.0
-    sweep_grace_seconds: float = 120.0
-    active_query_after_seconds: float = 15.0
-    trusted_proxies: tuple[Network, ...] = ()
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9464
-    deployment: str = ""
+    host: str = field(metadata=setting("HOST", text, "127.0.0.1", "listen address"))
+    port: int = field(metadata=setting("PORT", whole_number(maximum=65535), "8888", "listen port"))
+    public_url: str = field(metadata=setting(
+        "PUBLIC_URL", url("http", "https"), None,
+        "base URL WeChat can reach; notify_url = `{PUBLIC_URL}/wxpay/notify`; https outside sandbox mode",
+        default_doc="`http://HOST:PORT`"))
+    mongo_url: str = field(metadata=setting(
+        "MONGO_URL", text, "",
+        "MongoDB URL; empty = start the embedded server, data under `VAR_DIR/mongo`"))
+    mongo_db: str = field(metadata=setting("MONGO_DB", text, "paypush", "database name"))
+    mongo_timeout_ms: int = field(metadata=setting(
+        "MONGO_TIMEOUT_MS", whole_number(minimum=100), "3000",
+        "how long a MongoDB call may wait for the server"))
+    var_dir: Path = field(metadata=setting(
+        "VAR_DIR", path, "var",
+        "local state (embedded db, generated secrets), relative to the working directory"))
+    amqp_url: str = field(metadata=setting(
+        "AMQP_URL", url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/",
+        "RabbitMQ; its path names the vhost (none: `/`)"))
+    stomp_url: str = field(metadata=setting(
+        "STOMP_URL", url("ws", "wss"), "ws://127.0.0.1:15674/ws",
+        "RabbitMQ Web STOMP as the pay page reaches it, for the STOMP route (the vhost is `AMQP_URL`'s)"))
+    stomp_login: str = field(metadata=setting(
+        "STOMP_LOGIN", text, "webguest",
+        "the browser user the pay page logs in as on the STOMP route"))
+    stomp_passcode: str = field(metadata=setting(
+        "STOMP_PASSCODE", text, None,
+        "that user's password; outside sandbox mode, unset means the STOMP route is not offered",
+        default_doc="generated into `VAR_DIR` in sandbox mode; empty otherwise", secret=True))
+    wxpay_appid: str = field(metadata=setting(
+        "WXPAY_APPID", text, None,
+        "merchant credentials: the app ID",
+        default_doc="WeChat's published sandbox one, in sandbox mode"))
+    wxpay_mch_id: str = field(metadata=setting(
+        "WXPAY_MCH_ID", text, None,
+        "merchant credentials: the merchant ID",
+        default_doc="WeChat's published sandbox one, in sandbox mode"))
+    wxpay_key: str = field(metadata=setting(
+        "WXPAY_KEY", merchant_key, None,
+        "merchant credentials: the 32-character API key; setting it leaves sandbox mode",
+        default_doc="WeChat's published sandbox one, in sandbox mode", secret=True))
+    wxpay_sign_type: str = field(metadata=setting(
+        "WXPAY_SIGN_TYPE", one_of(*SIGN_TYPES, fold=str.upper), "MD5",
+        "`MD5` or `HMAC-SHA256`; also the weakest algorithm accepted on notifies and answers"))
+    wxpay_api_base: str = field(metadata=setting(
+        "WXPAY_API_BASE", url("http", "https"), None,
+        "WeChat Pay API base URL; https outside sandbox mode, never `*.weixin.qq.com` in it",
+        default_doc=f"the built-in simulator (`PUBLIC_URL/sandbox/wxpay`) in sandbox mode, "
+                    f"else `{REAL_WXPAY_API_BASE}`"))
+    order_timeout_seconds: int = field(metadata=setting(
+        "ORDER_TIMEOUT_SECONDS", whole_number(minimum=1), "3600",
+        "unpaid orders are closed after this"))
+    cookie_secret: str = field(metadata=setting(
+        "COOKIE_SECRET", long_secret(MIN_COOKIE_SECRET_LENGTH), None,
+        f"signs login cookies and push tokens; at least {MIN_COOKIE_SECRET_LENGTH} random characters, "
+        "the same for every paypush process behind the load balancer",
+        default_doc="generated into `VAR_DIR` in sandbox mode; required otherwise", secret=True))
+    sandbox: bool = field(metadata=setting(
+        "SANDBOX", flag, None,
+        "simulator mounted, demo data, relaxed checks; takes only WeChat's published sandbox credentials",
+        default_doc="`1` when `WXPAY_KEY` is unset, else `0`"))
+    max_sockets_per_user: int = field(metadata=setting(
+        "MAX_SOCKETS_PER_USER", whole_number(minimum=1), "8",
+        "open pay-page sockets one user may hold"))
+    max_unpaid_orders_per_user: int = field(metadata=setting(
+        "MAX_UNPAID_ORDERS_PER_USER", whole_number(minimum=1), "5",
+        "unpaid orders one user may hold; `POST /api/orders` answers `429` beyond"))
+    login_checks_per_second: float = field(metadata=setting(
+        "LOGIN_CHECKS_PER_SECOND", number(positive=True), "10",
+        "password checks (scrypt) this process starts per second, burst of one second's worth; "
+        "beyond, `POST /login` answers `503` with `Retry-After`"))
+    sim_close_min_age_seconds: float = field(metadata=setting(
+        "SIM_CLOSE_MIN_AGE_SECONDS", number(), "300",
+        "the simulator refuses closeorder for younger trades, as WeChat does"))
+    sim_notify_speed: float = field(metadata=setting(
+        "SIM_NOTIFY_SPEED", number(positive=True), "1",
+        "the simulator's notify retry schedule runs this many times faster"))
+    log_format: str = field(metadata=setting(
+        "LOG_FORMAT", one_of("text", "json"), "text",
+        "`text` or `json` (one JSON object per line)"))
+    push_route: str = field(metadata=setting(
+        "PUSH_ROUTE", one_of("ws", "stomp"), "ws",
+        "the pay page's default push route: `ws` (paypush's WebSocket) or `stomp` "
+        "(RabbitMQ Web STOMP, needs `STOMP_PASSCODE` outside sandbox mode)"))
+    timeout_retry_delays: tuple[int, ...] = field(metadata=setting(
+        "TIMEOUT_RETRY_DELAYS", whole_seconds, "5,30,120,600",
+        "seconds between looks at an order that is not final yet"))
+    sweep_interval_seconds: float = field(metadata=setting(
+        "SWEEP_INTERVAL_SECONDS", number(positive=True), "60",
+        "how often the backstop sweeper runs"))
+    sweep_grace_seconds: float = field(metadata=setting(
+        "SWEEP_GRACE_SECONDS", number(), "120",
+        "how overdue an order must be before the backstop sweeper takes it"))
+    active_query_after_seconds: float = field(metadata=setting(
+        "ACTIVE_QUERY_AFTER_SECONDS", number(), "15",
+        "an open pay page with no notify triggers orderquery after this"))
+    trusted_proxies: tuple[Network, ...] = field(metadata=setting(
+        "TRUSTED_PROXIES", networks, "",
+        "IPs/CIDRs (comma-separated) whose `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto` are believed; "
+        "empty: never"))
+    metrics_host: str = field(metadata=setting(
+        "METRICS_HOST", text, "127.0.0.1",
+        "address of the `/metrics` listener outside sandbox mode (in sandbox mode, `/metrics` is on the "
+        "main port)"))
+    metrics_port: int = field(metadata=setting(
+        "METRICS_PORT", whole_number(minimum=1, maximum=65535), "9464",
+        "port of the `/metrics` listener outside sandbox mode"))
+    deployment: str = field(metadata=setting(
+        "DEPLOYMENT", name_like(DEPLOYMENT_NAME, "1-32 lower-case letters, digits, '-' or '_'"), "",
+        "names this deployment's deadline queues apart from another paypush's on the same vhost "
+        "(`a-z0-9_-`, 1-32); empty: DESIGN's names"))
 
     @property
     def notify_url(self) -> str:
@@ -91,63 +350,34 @@ class Settings:
         Events are published there, so it is where a STOMP page must connect."""
         return unquote(urlsplit(self.amqp_url).path[1:]) or "/"
 
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={_shown(entry, getattr(self, name))}" for name, entry in table())
+        return f"Settings({shown})"
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {value}")
-    return value
+def table() -> tuple[tuple[str, Setting], ...]:
+    """(field name, Setting) for every field of Settings, in declaration order."""
+    return tuple((f.name, f.metadata["setting"]) for f in fields(Settings))
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
+def _shown(entry: Setting, value: object) -> str:
+    if entry.secret:
+        return repr(REDACTED if value else "")
+    if isinstance(value, str):
+        return repr(hide_password(value))
+    return repr(value)
 
 
-def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
-    value = env.get(name, "").strip() or default
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {value!r}")
-    return value.rstrip("/")
+# --- cross-setting rules ------------------------------------------------------------------------------------
+# Each takes the per-variable values (None where a Setting's default is left to
+# a rule) and the names of the variables given, fills in what it decides, and
+# raises ConfigError for combinations that must not start.
+
+Values = dict[str, Any]
 
 
-def _networks(env: Mapping[str, str], name: str) -> tuple[Network, ...]:
-    """Comma-separated IP addresses or CIDR blocks."""
-    networks = []
-    for part in env.get(name, "").split(","):
-        if part.strip():
-            try:
-                networks.append(ipaddress.ip_network(part.strip(), strict=False))
-            except ValueError:
-                raise ConfigError(f"{name} must be IP addresses or CIDR blocks, comma-separated, "
-                                  f"got {part.strip()!r}") from None
-    return tuple(networks)
+def _sandbox_mode(given: Set[str]) -> str:
+    return "SANDBOX=1" if "SANDBOX" in given else "sandbox mode (no WXPAY_KEY given)"
 
 
 def _is_loopback(host: str) -> bool:
@@ -167,13 +397,13 @@ def _is_wechat_host(url: str) -> bool:
 
 def _secret_file(var_dir: Path, name: str) -> str:
     """Read a generated secret from VAR_DIR, creating it (0600) on first use."""
-    path = var_dir / name
+    file = var_dir / name
     try:
-        if path.exists():
-            return path.read_text().strip()
+        if file.exists():
+            return file.read_text().strip()
         var_dir.mkdir(parents=True, exist_ok=True)
         value = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(value)
     except OSError as exc:
@@ -182,148 +412,149 @@ def _secret_file(var_dir: Path, name: str) -> str:
     return value
 
 
-def from_environ(env: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings from ``env`` (``os.environ`` when not given)."""
-    env = os.environ if env is None else env
-    host = env.get("HOST", "").strip() or "127.0.0.1"
-    port = _int(env, "PORT", 8888)
-    if port > 65535:
-        raise ConfigError(f"PORT must be at most 65535, got {port}")
-    metrics_port = _int(env, "METRICS_PORT", 9464, minimum=1)
-    if metrics_port > 65535:
-        raise ConfigError(f"METRICS_PORT must be at most 65535, got {metrics_port}")
-    public_url = _url(env, "PUBLIC_URL", f"http://{host}:{port}", ("http", "https"))
-    var_dir = Path(env.get("VAR_DIR", "").strip() or "var")
+def _derive_public_url(v: Values, given: Set[str]) -> None:
+    if v["public_url"] is None:
+        v["public_url"] = f"http://{v['host']}:{v['port']}"
 
-    key = env.get("WXPAY_KEY", "").strip()
-    sandbox = _bool(env, "SANDBOX", default=not key)
-    appid = env.get("WXPAY_APPID", "").strip()
-    mch_id = env.get("WXPAY_MCH_ID", "").strip()
-    if not sandbox:
-        missing = [n for n, v in (("WXPAY_APPID", appid), ("WXPAY_MCH_ID", mch_id),
-                                  ("WXPAY_KEY", key)) if not v]
+
+def _decide_sandbox(v: Values, given: Set[str]) -> None:
+    """Sandbox mode unless a key is given; outside it, all three credentials; inside it, none but the published ones."""
+    if v["sandbox"] is None:
+        v["sandbox"] = v["wxpay_key"] is None
+    credentials = (("WXPAY_APPID", "wxpay_appid", SANDBOX_APPID), ("WXPAY_MCH_ID", "wxpay_mch_id", SANDBOX_MCH_ID),
+                   ("WXPAY_KEY", "wxpay_key", SANDBOX_KEY))
+    if not v["sandbox"]:
+        missing = [env for env, name, _ in credentials if v[name] is None]
         if missing:
             raise ConfigError(
                 f"{', '.join(missing)} must be set outside sandbox mode "
                 "(or set SANDBOX=1 to use the built-in simulator)")
-    if key and len(key) != 32:
-        raise ConfigError("WXPAY_KEY must be the 32-character API key from the merchant platform")
-
-    sign_type = env.get("WXPAY_SIGN_TYPE", "").strip().upper() or "MD5"
-    if sign_type not in SIGN_TYPES:
-        raise ConfigError(f"WXPAY_SIGN_TYPE must be MD5 or HMAC-SHA256, got {sign_type!r}")
-
     # Sandbox mounts a simulator that signs whatever it is asked to with the
     # configured key: given the merchant's real key it would be a public
     # signing oracle, so sandbox mode takes only the published sandbox ones.
-    real_given = [n for n, v, sandbox_value in (("WXPAY_APPID", appid, SANDBOX_APPID),
-                                                ("WXPAY_MCH_ID", mch_id, SANDBOX_MCH_ID),
-                                                ("WXPAY_KEY", key, SANDBOX_KEY)) if v and v != sandbox_value]
-    sandbox_mode = "SANDBOX=1" if env.get("SANDBOX", "").strip() else "sandbox mode (no WXPAY_KEY given)"
-    if sandbox and real_given:
-        raise ConfigError(f"{sandbox_mode} with merchant credentials ({', '.join(real_given)}): the built-in "
-                          "simulator must never hold them; unset them for sandbox mode, or set SANDBOX=0 "
+    real_given = [env for env, name, sandbox_value in credentials if v[name] not in (None, sandbox_value)]
+    if v["sandbox"] and real_given:
+        raise ConfigError(f"{_sandbox_mode(given)} with merchant credentials ({', '.join(real_given)}): the "
+                          "built-in simulator must never hold them; unset them for sandbox mode, or set SANDBOX=0 "
                           "and all of WXPAY_APPID, WXPAY_MCH_ID and WXPAY_KEY")
+    for _, name, sandbox_value in credentials:
+        if v[name] is None:
+            v[name] = sandbox_value
 
-    default_api = f"{public_url}/sandbox/wxpay" if sandbox else REAL_WXPAY_API_BASE
-    api_base = _url(env, "WXPAY_API_BASE", default_api, ("http", "https"))
-    if sandbox and _is_wechat_host(api_base):
-        raise ConfigError(f"{sandbox_mode} with WXPAY_API_BASE {api_base}, the real WeChat Pay API: unset "
-                          "WXPAY_API_BASE for the built-in simulator (or point it at one), or set SANDBOX=0")
-    sandbox_credentials = (appid or SANDBOX_APPID) == SANDBOX_APPID or (key or SANDBOX_KEY) == SANDBOX_KEY
-    if sandbox_credentials and _is_wechat_host(api_base):
+
+def _check_api_base(v: Values, given: Set[str]) -> None:
+    """The simulator in sandbox mode, WeChat otherwise; sandbox never talks to WeChat, WeChat only over https."""
+    if v["wxpay_api_base"] is None:
+        v["wxpay_api_base"] = f"{v['public_url']}/sandbox/wxpay" if v["sandbox"] else REAL_WXPAY_API_BASE
+    base = v["wxpay_api_base"]
+    if v["sandbox"] and _is_wechat_host(base):
+        raise ConfigError(f"{_sandbox_mode(given)} with WXPAY_API_BASE {hide_password(base)}, the real WeChat Pay "
+                          "API: unset WXPAY_API_BASE for the built-in simulator (or point it at one), "
+                          "or set SANDBOX=0")
+    sandbox_credentials = v["wxpay_appid"] == SANDBOX_APPID or v["wxpay_key"] == SANDBOX_KEY
+    if sandbox_credentials and _is_wechat_host(base):
         raise ConfigError("sandbox WeChat Pay credentials against the real API: set WXPAY_APPID, "
                           "WXPAY_MCH_ID and WXPAY_KEY to your merchant's, or point WXPAY_API_BASE at a simulator")
-    if not sandbox and urlsplit(api_base).scheme != "https":
+    if not v["sandbox"] and urlsplit(base).scheme != "https":
         raise ConfigError(f"WXPAY_API_BASE must be an https URL outside sandbox mode (the API key signs, but "
-                          f"does not hide, every request), got {api_base}")
-    if not sandbox and _is_loopback(urlsplit(public_url).hostname or ""):
+                          f"does not hide, every request), got {hide_password(base)}")
+
+
+def _check_public_url(v: Values, given: Set[str]) -> None:
+    """WeChat must reach PUBLIC_URL, and cookies and notifies travel to it: public and https."""
+    if v["sandbox"]:
+        return
+    public_url = hide_password(v["public_url"])
+    if _is_loopback(urlsplit(v["public_url"]).hostname or ""):
         raise ConfigError(f"PUBLIC_URL is {public_url}, which WeChat cannot reach: set it to the public "
                           "https address of this shop (the notify goes to PUBLIC_URL/wxpay/notify)")
-    if not sandbox and urlsplit(public_url).scheme != "https":
+    if urlsplit(v["public_url"]).scheme != "https":
         raise ConfigError(f"PUBLIC_URL must be https outside sandbox mode (login cookies and payment "
                           f"notifies travel to it), got {public_url}: terminate TLS at nginx or the load balancer")
 
-    cookie_secret = env.get("COOKIE_SECRET", "").strip()
-    if not cookie_secret:
-        if not sandbox:
-            raise ConfigError(
-                f"COOKIE_SECRET must be set outside sandbox mode: {MIN_COOKIE_SECRET_LENGTH}+ random characters, "
-                "the same for every paypush process behind the load balancer")
-        cookie_secret = _secret_file(var_dir, "cookie_secret")
-        if len(cookie_secret) < MIN_COOKIE_SECRET_LENGTH:
-            raise ConfigError(f"{var_dir / 'cookie_secret'} holds no usable secret: delete it (paypush "
-                              "generates a new one) or set COOKIE_SECRET")
-    if len(cookie_secret) < MIN_COOKIE_SECRET_LENGTH:
+
+def _cookie_secret(v: Values, given: Set[str]) -> None:
+    """Required outside sandbox mode (every process must share it); generated once into VAR_DIR inside it."""
+    if v["cookie_secret"] is not None:
+        return
+    if not v["sandbox"]:
         raise ConfigError(
-            f"COOKIE_SECRET is too short ({len(cookie_secret)} of at least {MIN_COOKIE_SECRET_LENGTH} characters); "
-            "it signs logins: set it to random text, as from "
-            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+            f"COOKIE_SECRET must be set outside sandbox mode: {MIN_COOKIE_SECRET_LENGTH}+ random characters, "
+            "the same for every paypush process behind the load balancer")
+    generated = _secret_file(v["var_dir"], "cookie_secret")
+    if len(generated) < MIN_COOKIE_SECRET_LENGTH:
+        raise ConfigError(f"{v['var_dir'] / 'cookie_secret'} holds no usable secret: delete it (paypush "
+                          "generates a new one) or set COOKIE_SECRET")
+    v["cookie_secret"] = generated
 
-    log_format = env.get("LOG_FORMAT", "").strip().lower() or "text"
-    if log_format not in ("text", "json"):
-        raise ConfigError(f"LOG_FORMAT must be text or json, got {log_format!r}")
 
-    push_route = env.get("PUSH_ROUTE", "").strip().lower() or "ws"
-    if push_route not in ("ws", "stomp"):
-        raise ConfigError(f"PUSH_ROUTE must be ws or stomp, got {push_route!r}")
-
-    # Outside sandbox an unset passcode means the STOMP route is not set up:
-    # createNative then offers no STOMP credentials, and PUSH_ROUTE=stomp,
-    # which would send every page to it, is refused.
-    stomp_passcode = env.get("STOMP_PASSCODE", "").strip()
-    if not stomp_passcode and sandbox:
-        stomp_passcode = _secret_file(var_dir, "stomp_passcode")
-    if not stomp_passcode and push_route == "stomp":
+def _stomp_passcode(v: Values, given: Set[str]) -> None:
+    """Generated in sandbox mode. Outside it an unset passcode means the STOMP route is not set up:
+    createNative then offers no STOMP credentials, and PUSH_ROUTE=stomp, which
+    would send every page to it, is refused."""
+    if v["stomp_passcode"] is None:
+        v["stomp_passcode"] = _secret_file(v["var_dir"], "stomp_passcode") if v["sandbox"] else ""
+    if not v["stomp_passcode"] and v["push_route"] == "stomp":
         raise ConfigError("PUSH_ROUTE=stomp needs STOMP_PASSCODE outside sandbox mode: the password "
                           "deploy/rabbitmq-setup.sh gave the browser user (or set PUSH_ROUTE=ws)")
 
-    raw_delays = env.get("TIMEOUT_RETRY_DELAYS", "").strip() or "5,30,120,600"
-    try:
-        retry_delays = tuple(int(d) for d in raw_delays.split(","))
-    except ValueError:
-        retry_delays = ()
-    if not retry_delays or min(retry_delays) < 1:
-        raise ConfigError(f"TIMEOUT_RETRY_DELAYS must be whole seconds >= 1, comma-separated, got {raw_delays!r}")
 
-    # Names this deployment's deadline queues apart from another's on the same vhost.
-    deployment = env.get("DEPLOYMENT", "").strip()
-    if deployment and not DEPLOYMENT_NAME.fullmatch(deployment):
-        raise ConfigError(f"DEPLOYMENT must be 1-32 lower-case letters, digits, '-' or '_', got {deployment!r}")
+RULES: tuple[Callable[[Values, Set[str]], None], ...] = (
+    _derive_public_url, _decide_sandbox, _check_api_base, _check_public_url, _cookie_secret, _stomp_passcode)
 
-    return Settings(
-        host=host,
-        port=port,
-        public_url=public_url,
-        mongo_url=env.get("MONGO_URL", "").strip(),
-        mongo_db=env.get("MONGO_DB", "").strip() or "paypush",
-        mongo_timeout_ms=_int(env, "MONGO_TIMEOUT_MS", 3000, minimum=100),
-        var_dir=var_dir,
-        amqp_url=_url(env, "AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/", ("amqp", "amqps")),
-        stomp_url=_url(env, "STOMP_URL", "ws://127.0.0.1:15674/ws", ("ws", "wss")),
-        stomp_login=env.get("STOMP_LOGIN", "").strip() or "webguest",
-        stomp_passcode=stomp_passcode,
-        wxpay_appid=appid or SANDBOX_APPID,
-        wxpay_mch_id=mch_id or SANDBOX_MCH_ID,
-        wxpay_key=key or SANDBOX_KEY,
-        wxpay_sign_type=sign_type,
-        wxpay_api_base=api_base,
-        order_timeout_seconds=_int(env, "ORDER_TIMEOUT_SECONDS", 3600, minimum=1),
-        cookie_secret=cookie_secret,
-        sandbox=sandbox,
-        max_sockets_per_user=_int(env, "MAX_SOCKETS_PER_USER", 8, minimum=1),
-        max_unpaid_orders_per_user=_int(env, "MAX_UNPAID_ORDERS_PER_USER", 5, minimum=1),
-        login_checks_per_second=_float(env, "LOGIN_CHECKS_PER_SECOND", 10.0) or 10.0,
-        sim_close_min_age_seconds=_float(env, "SIM_CLOSE_MIN_AGE_SECONDS", 300.0),
-        sim_notify_speed=_float(env, "SIM_NOTIFY_SPEED", 1.0) or 1.0,
-        log_format=log_format,
-        push_route=push_route,
-        timeout_retry_delays=retry_delays,
-        sweep_interval_seconds=_float(env, "SWEEP_INTERVAL_SECONDS", 60.0) or 60.0,
-        sweep_grace_seconds=_float(env, "SWEEP_GRACE_SECONDS", 120.0),
-        active_query_after_seconds=_float(env, "ACTIVE_QUERY_AFTER_SECONDS", 15.0),
-        trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
-        metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
-        metrics_port=metrics_port,
-        deployment=deployment,
-    )
+
+def _parse_each(env: Mapping[str, str]) -> Values:
+    """Every variable through its Setting; all malformed ones reported together."""
+    values: Values = {}
+    errors = []
+    for name, entry in table():
+        raw = env.get(entry.env, "").strip()
+        given_or_default = raw if raw else entry.default
+        if given_or_default is None:
+            values[name] = None
+            continue
+        try:
+            values[name] = entry.parse(entry.env, given_or_default)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return values
+
+
+def from_environ(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``env`` (``os.environ`` when not given)."""
+    env = os.environ if env is None else env
+    given = {entry.env for _, entry in table() if env.get(entry.env, "").strip()}
+    values = _parse_each(env)
+    for rule in RULES:
+        rule(values, given)
+    return Settings(**values)
+
+
+# --- documentation ------------------------------------------------------------------------------------------
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    for _, entry in table():
+        meaning = entry.doc + (" (secret: never in logs, messages or repr)" if entry.secret else "")
+        cells = (f"`{entry.env}`", meaning, entry.documented_default)
+        rows.append("| " + " | ".join(cell.replace("|", "&#124;") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m settings", description="paypush's settings")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the configuration table for the README")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import stat
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 import settings as settings_mod
 from settings import ConfigError, from_environ
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL = {"WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109",
         "WXPAY_KEY": "k" * 32, "COOKIE_SECRET": "c" * 40, "PUBLIC_URL": "https://shop.example.com"}
 
@@ -76,7 +81,7 @@ def test_the_vhost_is_amqp_urls_path_decoded(amqp_url: str, vhost: str) -> None:
     ({"PORT": "eighty"}, "PORT"),
     ({"PORT": "70000"}, "PORT"),
     ({"PUBLIC_URL": "shop.example.com"}, "PUBLIC_URL"),
-    ({"AMQP_URL": "http://rabbit"}, "AMQP_URL"),
+    ({"AMQP_URL": "http://rabbit"}, "AMQP_URL must be a URL starting amqp:// or amqps://, got 'http://rabbit'"),
     ({"WXPAY_SIGN_TYPE": "SHA1"}, "WXPAY_SIGN_TYPE"),
     ({"ORDER_TIMEOUT_SECONDS": "0"}, "ORDER_TIMEOUT_SECONDS"),
     ({"SANDBOX": "maybe"}, "SANDBOX"),
@@ -107,6 +112,13 @@ def test_the_vhost_is_amqp_urls_path_decoded(amqp_url: str, vhost: str) -> None:
     ({"MAX_UNPAID_ORDERS_PER_USER": "0"}, "MAX_UNPAID_ORDERS_PER_USER"),
     ({"LOGIN_CHECKS_PER_SECOND": "-1"}, "LOGIN_CHECKS_PER_SECOND"),
     ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
+    # A rate, a speed or an interval of 0 is a typo, not "the default" (it used to be read as that).
+    ({"LOGIN_CHECKS_PER_SECOND": "0"}, "LOGIN_CHECKS_PER_SECOND must be more than 0"),
+    ({"SIM_NOTIFY_SPEED": "0"}, "SIM_NOTIFY_SPEED must be more than 0"),
+    ({"SWEEP_INTERVAL_SECONDS": "0"}, "SWEEP_INTERVAL_SECONDS must be more than 0"),
+    ({"SWEEP_GRACE_SECONDS": "nan"}, "SWEEP_GRACE_SECONDS must be a number, got 'nan'"),
+    ({"ACTIVE_QUERY_AFTER_SECONDS": "inf"}, "ACTIVE_QUERY_AFTER_SECONDS must be a number, got 'inf'"),
+    ({"PUBLIC_URL": "http://[::1"}, "PUBLIC_URL must be a URL starting http:// or https://"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=names):
@@ -118,8 +130,14 @@ def test_secrets_do_not_show_in_configuration_errors() -> None:
         from_environ({**REAL, "COOKIE_SECRET": "s3cr3t-but-short"})
     with pytest.raises(ConfigError) as sandboxed:
         from_environ({**REAL, "SANDBOX": "1"})
+    with pytest.raises(ConfigError) as bad_key:
+        from_environ({**REAL, "WXPAY_KEY": "s3cr3t-but-not-32"})
+    with pytest.raises(ConfigError) as bad_url:
+        from_environ({"AMQP_URL": "http://paypush:s3cr3t-pw@rabbit/shop"})
     assert "s3cr3t-but-short" not in str(short.value)
     assert "k" * 32 not in str(sandboxed.value)
+    assert "s3cr3t-but-not-32" not in str(bad_key.value)
+    assert "s3cr3t-pw" not in str(bad_url.value) and "paypush:" in str(bad_url.value)
 
 
 def test_sandbox_takes_the_published_sandbox_credentials(tmp_path: Path) -> None:
@@ -151,3 +169,94 @@ def test_an_emptied_generated_cookie_secret_is_refused(tmp_path: Path) -> None:
     (tmp_path / "cookie_secret").write_text("")
     with pytest.raises(ConfigError, match="cookie_secret holds no usable secret: delete it"):
         from_environ({"VAR_DIR": str(tmp_path)})
+
+
+def test_every_malformed_variable_is_named_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        from_environ({"VAR_DIR": str(tmp_path), "PORT": "eighty", "LOG_FORMAT": "xml", "DEPLOYMENT": "Shop"})
+    assert str(error.value).count(" must be ") == 3
+    for name in ("PORT", "LOG_FORMAT", "DEPLOYMENT"):
+        assert f"{name} must be" in str(error.value)
+
+
+def test_repr_shows_no_secret_not_even_a_urls_password(tmp_path: Path) -> None:
+    cfg = from_environ({**REAL, "STOMP_PASSCODE": "p" * 12, "VAR_DIR": str(tmp_path),
+                        "AMQP_URL": "amqp://paypush:amqp-pw-123@rabbit.example.com/shop",
+                        "MONGO_URL": "mongodb://paypush:mongo-pw-456@db.example.com/"})
+    text = repr(cfg)
+    for secret in ("k" * 32, "c" * 40, "p" * 12, "amqp-pw-123", "mongo-pw-456"):
+        assert secret not in text
+    # What is not secret still shows, so the repr is worth logging.
+    assert f"amqp_url='amqp://paypush:{settings_mod.REDACTED}@rabbit.example.com/shop'" in text
+    assert f"cookie_secret='{settings_mod.REDACTED}'" in text and "public_url='https://shop.example.com'" in text
+    assert cfg.amqp_url == "amqp://paypush:amqp-pw-123@rabbit.example.com/shop"  # only its repr is redacted
+
+
+def test_the_table_declares_every_field_once() -> None:
+    names = [name for name, _ in settings_mod.table()]
+    variables = [entry.env for _, entry in settings_mod.table()]
+    assert names == [f.name for f in dataclasses.fields(settings_mod.Settings)]
+    assert len(set(variables)) == len(variables)
+    assert all(entry.doc and (entry.default is not None or entry.default_doc) for _, entry in settings_mod.table())
+
+
+@pytest.mark.parametrize("env", [{}, REAL], ids=["sandbox", "merchant"])
+def test_every_value_has_its_fields_type(env: dict[str, str], tmp_path: Path) -> None:
+    cfg = from_environ({"VAR_DIR": str(tmp_path), **env})
+    hints = typing.get_type_hints(settings_mod.Settings)
+    for name, _ in settings_mod.table():
+        value, hint = getattr(cfg, name), hints[name]
+        assert isinstance(value, typing.get_origin(hint) or hint), (name, value)
+        for item in value if isinstance(value, tuple) else ():
+            assert isinstance(item, typing.get_args(hint)[0]), (name, item)
+
+
+class RecordingEnv(Mapping[str, str]):
+    """An environment that remembers which variables were looked up."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self.contents = values
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return self.contents[key]
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("from_environ must look up its variables by name, not walk the environment")
+
+    def __len__(self) -> int:
+        return len(self.contents)
+
+
+@pytest.mark.parametrize("env", [{}, REAL, {**REAL, "PUSH_ROUTE": "stomp", "STOMP_PASSCODE": "p" * 24}],
+                         ids=["sandbox", "merchant", "merchant-stomp"])
+def test_every_variable_read_is_in_the_table(env: dict[str, str], tmp_path: Path) -> None:
+    recording = RecordingEnv({"VAR_DIR": str(tmp_path), **env})
+    from_environ(recording)
+    assert recording.read == {entry.env for _, entry in settings_mod.table()}
+
+
+def test_nothing_but_settings_reads_the_environment() -> None:
+    # tests/ and bench/ drive processes and may read their own knobs; the shop itself reads only settings.py.
+    reads = re.compile(r"\b(environ|environb|getenv)\b")
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in sorted(ROOT.rglob("*.py"))
+             if path.relative_to(ROOT).parts[0] not in ("tests", "bench", "node_modules", ".venv")
+             and path.relative_to(ROOT) != Path("settings.py")
+             for number, line in enumerate(path.read_text().splitlines(), 1) if reads.search(line)]
+    assert found == []
+
+
+def readme_configuration_table() -> str:
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+
+
+def test_the_readme_table_is_generated_from_the_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert settings_mod.main(["--markdown"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == settings_mod.markdown_table()
+    assert readme_configuration_table() == printed, "run: python -m settings --markdown, and paste it in README.md"
+    for _, entry in settings_mod.table():
+        assert f"| `{entry.env}` |" in printed
