@@ -63,7 +63,7 @@ class NotifyHandler(BaseHandler):
         if self._too_large:
             return self._reply_fail("body too large", 413)
         try:
-            order_id = await self.payments.handle_notify(b"".join(self._chunks))
+            order_id = await self.payments.handle_notify(b"".join(self._chunks), self.request.headers)
         except NotifyRejected as exc:
             self.count("rejected")
             return self._reply_fail(str(exc), 400)

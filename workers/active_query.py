@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from server.domain.orders import CLOSED, PAID, UNPAID, Orders
 from server.domain.payments import Payments
-from server.gateway.errors import WxPayError
+from server.gateway.errors import GatewayError, TradeNotFound
 from server.lifecycle import InFlight, every
 from server.push.events import event_for, transition_time
 from server.push.hub import PushHub, Subscriber
@@ -77,8 +77,7 @@ class ActiveQuery:
             interval = self._interval[order_id]
             self._interval[order_id] = min(interval * 2, MAX_INTERVAL)
             heapq.heappush(self._due, (now + interval, order_id, token))
-            order = await self.orders.store.orders.find_one(
-                {"_id": order_id}, projection={"status": 1, "pay_money": 1, "wx": 1, "paid_at": 1, "closed_at": 1})
+            order = await self.orders.get(order_id)
             if order is None:
                 continue
             if order["status"] in (PAID, CLOSED):
@@ -95,9 +94,10 @@ class ActiveQuery:
                 if await self.payments.sync_with_wechat(order_id) == "SUCCESS":
                     log.info("active query: %s was paid without a notify", order_id)
                     found += 1
-            except WxPayError as exc:
-                if exc.err_code != "ORDERNOTEXIST":
-                    log.info("active query for %s: %s", order_id, exc)
+            except TradeNotFound:
+                pass  # no QR was ever issued at WeChat: nothing to find
+            except GatewayError as exc:
+                log.info("active query for %s: %s", order_id, exc)
         return found
 
 

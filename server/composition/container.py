@@ -20,6 +20,7 @@ from server.domain.orders import Orders
 from server.domain.payments import Payments
 from server.domain.timeouts import Timeouts
 from server.gateway.wxpay_v2.client import Merchant, WxPayClient
+from server.gateway.wxpay_v2.gateway import WxPayV2Gateway
 from server.infra import store as store_mod
 from server.infra.bus import Bus
 from server.infra.embedded_mongo import EmbeddedMongo
@@ -179,14 +180,14 @@ async def open_services(settings: Settings, mongo_url: str,
     http = aiohttp.ClientSession()
     merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
                         settings.wxpay_sign_type)
-    wx = WxPayClient(http, settings.wxpay_api_base, merchant)
+    gateway = WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant))
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
     orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues,
                     max_unpaid_per_user=settings.max_unpaid_orders_per_user)
     push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.amqp_vhost,
                       settings.stomp_login, settings.stomp_passcode, tokens)
-    payments = Payments(orders, wx, settings.notify_url, push)
+    payments = Payments(orders, gateway, settings.notify_url, push)
     simulator = None
     if settings.sandbox:
         simulator = Simulator.create(http, appid=settings.wxpay_appid, mch_id=settings.wxpay_mch_id,
@@ -196,6 +197,6 @@ async def open_services(settings: Settings, mongo_url: str,
         await catalog.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
-                    Timeouts(orders, payments, wx), simulator,
+                    Timeouts(orders, payments, gateway), simulator,
                     login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)),
                     embedded_mongo=embedded_mongo)

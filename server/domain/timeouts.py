@@ -17,8 +17,8 @@ from pymongo.errors import PyMongoError
 
 from server.domain.orders import CLOSED, PAID, REJECTED, RESERVING, UNPAID, Orders
 from server.domain.payments import Payments
-from server.gateway.errors import WxPayError
-from server.gateway.wxpay_v2.client import WxPayClient
+from server.gateway.abc import PAID_STATES, USERPAYING, PaymentGateway
+from server.gateway.errors import CloseTooEarly, GatewayError, TradeAlreadyPaid, TradeClosed, TradeNotFound
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ class Outcome(enum.Enum):
 
 
 class Timeouts:
-    def __init__(self, orders: Orders, payments: Payments, wx: WxPayClient):
+    def __init__(self, orders: Orders, payments: Payments, gateway: PaymentGateway):
         self.orders = orders
         self.payments = payments
-        self.wx = wx
+        self.gateway = gateway
         self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
 
     async def settle(self, order_id: str) -> tuple[Outcome, float]:
@@ -48,7 +48,7 @@ class Timeouts:
         except PyMongoError as exc:
             log.warning("timeout %s: storage unavailable (%s), will retry", order_id, type(exc).__name__)
             outcome, wait = Outcome.RETRY, 0.0
-        except WxPayError as exc:
+        except GatewayError as exc:
             log.warning("timeout %s: WeChat Pay %s, will retry", order_id, exc)
             outcome, wait = Outcome.RETRY, 0.0
         self.outcomes[outcome.value] += 1
@@ -82,30 +82,22 @@ class Timeouts:
 
     async def _ask_wechat(self, order_id: str) -> tuple[Outcome, float]:
         try:
-            reply = await self.wx.order_query(order_id)
-        except WxPayError as exc:
-            if exc.err_code == "ORDERNOTEXIST":  # the pay page never asked for a QR
-                await self.orders.close(order_id, "timed out (no WeChat trade)")
-                return Outcome.FINAL, 0.0
-            raise
-        state = reply.get("trade_state", "")
-        if state in ("SUCCESS", "REFUND"):
-            await self.payments.record_queried_payment(order_id, reply)
+            state = await self.payments.sync_with_wechat(order_id)
+        except TradeNotFound:  # the pay page never asked for a QR
+            await self.orders.close(order_id, "timed out (no WeChat trade)")
             return Outcome.FINAL, 0.0
-        if state == "USERPAYING":
+        if state in PAID_STATES:  # recorded by the query, as a late payment
+            return Outcome.FINAL, 0.0
+        if state == USERPAYING:
             return Outcome.LATER, 0.0
         try:
-            await self.wx.close_order(order_id)
-        except WxPayError as exc:
-            if exc.err_code == "ORDERPAID":  # paid between our query and our close
-                reply = await self.wx.order_query(order_id)
-                if reply.get("trade_state") == "SUCCESS":
-                    await self.payments.record_queried_payment(order_id, reply)
-                    return Outcome.FINAL, 0.0
-                return Outcome.RETRY, 0.0
-            if exc.err_code == "CLOSE_TOO_EARLY":
-                return Outcome.LATER, 0.0
-            if exc.err_code not in ("ORDERCLOSED", "ORDERNOTEXIST"):
-                raise
+            await self.gateway.close(order_id)
+        except TradeAlreadyPaid:  # paid between our query and our close
+            paid = await self.payments.sync_with_wechat(order_id) in PAID_STATES
+            return (Outcome.FINAL, 0.0) if paid else (Outcome.RETRY, 0.0)
+        except CloseTooEarly:
+            return Outcome.LATER, 0.0
+        except (TradeClosed, TradeNotFound):
+            pass  # closed already: all that is left is our side
         await self.orders.close(order_id, f"timed out (WeChat trade {state or 'unknown'}, closed)")
         return Outcome.FINAL, 0.0

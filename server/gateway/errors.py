@@ -1,41 +1,112 @@
-"""Typed failures of WeChat Pay calls, so callers can decide what a retry can fix."""
+"""What a payment gateway can fail with, the same for every WeChat Pay API
+version: the domain decides by kind (``isinstance``), never by a version's
+error code, and ``retryable`` says whether asking again later can help."""
 
 from __future__ import annotations
 
-# err_codes after which the same call can succeed later.
-RETRYABLE = frozenset({"SYSTEMERROR", "UNREACHABLE", "BAD_RESPONSE", "RETURN_FAIL", "FREQUENCY_LIMITED"})
 
+class GatewayError(Exception):
+    """WeChat refused the call, or could not be asked. ``code`` is WeChat's own
+    error code (or ours: UNREACHABLE, BAD_RESPONSE), for logs and metrics."""
 
-class WxPayError(Exception):
-    """WeChat answered ``result_code=FAIL`` (or could not be asked)."""
+    retryable = False
 
-    def __init__(self, err_code: str, message: str = "", response: dict[str, str] | None = None):
-        super().__init__(f"{err_code}: {message}" if message else err_code)
-        self.err_code = err_code
+    def __init__(self, code: str, message: str = "", response: dict[str, str] | None = None):
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
         self.message = message
         self.response = response or {}
 
     @property
-    def retryable(self) -> bool:
-        return self.err_code in RETRYABLE
+    def err_code(self) -> str:  # WeChat Pay v2's name for it
+        return self.code
 
 
-class WxPayUnreachable(WxPayError):
+class TradeNotFound(GatewayError):
+    """WeChat has no trade for this out_trade_no (the page never asked for a QR)."""
+
+
+class TradeAlreadyPaid(GatewayError):
+    """The trade is paid: it cannot be placed again, nor closed."""
+
+
+class TradeClosed(GatewayError):
+    """The trade was closed: it cannot be paid any more."""
+
+
+class CloseTooEarly(GatewayError):
+    """WeChat will not close a trade this young yet; ask again in a while."""
+
+
+class GatewayUnavailable(GatewayError):
+    """Unreachable, a system error, a rate limit or an answer we cannot trust:
+    the same call can succeed later."""
+
+    retryable = True
+
+
+class NotifyRejected(Exception):
+    """A notify that must not be believed or cannot be recorded; the reason goes
+    back to WeChat, which sends it again later."""
+
+
+# -- WeChat Pay API v2's names for the same failures ------------------------------
+
+class WxPayError(GatewayError):
+    """A v2 call answered ``result_code=FAIL`` with an error code we do not type."""
+
+
+class WxPayUnreachable(WxPayError, GatewayUnavailable):
     """Connection refused, timed out or answered with a non-200 status."""
 
     def __init__(self, message: str):
         super().__init__("UNREACHABLE", message)
 
 
-class WxPayReturnFail(WxPayError):
+class WxPayReturnFail(WxPayError, GatewayUnavailable):
     """``return_code=FAIL``: the request itself was refused (signature, appid, format)."""
 
     def __init__(self, message: str, response: dict[str, str]):
         super().__init__("RETURN_FAIL", message, response)
 
 
-class WxPayBadResponse(WxPayError):
+class WxPayBadResponse(WxPayError, GatewayUnavailable):
     """The answer was not valid XML or its signature did not verify."""
 
     def __init__(self, message: str):
         super().__init__("BAD_RESPONSE", message)
+
+
+class WxPayTradeNotFound(WxPayError, TradeNotFound):
+    pass
+
+
+class WxPayTradeAlreadyPaid(WxPayError, TradeAlreadyPaid):
+    pass
+
+
+class WxPayTradeClosed(WxPayError, TradeClosed):
+    pass
+
+
+class WxPayCloseTooEarly(WxPayError, CloseTooEarly):
+    pass
+
+
+class WxPayBusy(WxPayError, GatewayUnavailable):
+    pass
+
+
+_V2_KINDS: dict[str, type[WxPayError]] = {
+    "ORDERNOTEXIST": WxPayTradeNotFound,
+    "ORDERPAID": WxPayTradeAlreadyPaid,
+    "ORDERCLOSED": WxPayTradeClosed,
+    "CLOSE_TOO_EARLY": WxPayCloseTooEarly,  # the simulator's; WeChat documents no code for it
+    "SYSTEMERROR": WxPayBusy,
+    "FREQUENCY_LIMITED": WxPayBusy,
+}
+
+
+def v2_error(err_code: str, message: str, response: dict[str, str]) -> WxPayError:
+    """The typed error for a v2 ``err_code``."""
+    return _V2_KINDS.get(err_code, WxPayError)(err_code, message, response)

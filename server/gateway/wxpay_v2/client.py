@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable
+from server.gateway.errors import WxPayBadResponse, WxPayReturnFail, WxPayUnreachable, v2_error
 from server.gateway.wxpay_v2 import signing, xmlcodec
 
 log = logging.getLogger(__name__)
@@ -97,5 +97,5 @@ class WxPayClient:
         if reply.get("appid") != m.appid or reply.get("mch_id") != m.mch_id:
             raise WxPayBadResponse(f"{path}: answer is for another merchant")
         if reply.get("result_code") != "SUCCESS":
-            raise WxPayError(reply.get("err_code") or "UNKNOWN", reply.get("err_code_des", ""), reply)
+            raise v2_error(reply.get("err_code") or "UNKNOWN", reply.get("err_code_des", ""), reply)
         return reply

@@ -1,0 +1,81 @@
+"""The payment-gateway seam: what paypush asks of WeChat Pay, whatever API
+version answers. WeChat Pay v2 (server/gateway/wxpay_v2) is one implementation;
+v3 arrives as a sibling. The domain speaks only these types and the errors in
+server/gateway/errors.py, so it never learns which version it talks to."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# WeChat's trade states, the same words in v2 and v3.
+SUCCESS, REFUND, NOTPAY, CLOSED, USERPAYING = "SUCCESS", "REFUND", "NOTPAY", "CLOSED", "USERPAYING"
+PAID_STATES = frozenset({SUCCESS, REFUND})  # REFUND: paid, then (partly) given back
+
+
+@dataclass(frozen=True)
+class NativeOrder:
+    """A Native (QR) trade to place for one of our orders."""
+
+    out_trade_no: str
+    description: str
+    total_fee: int  # fen
+    notify_url: str
+    product_id: str
+    expires_at: dt.datetime
+    client_ip: str
+
+
+@dataclass(frozen=True)
+class NativeCheckout:
+    code_url: str  # what the QR encodes
+    prepay_id: str
+
+
+@dataclass(frozen=True)
+class Payment:
+    """Money WeChat says it took for one of our orders."""
+
+    out_trade_no: str
+    transaction_id: str
+    total_fee: int  # fen
+    paid_at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
+class Trade:
+    """A trade as WeChat sees it now; ``payment`` is set when the state is a paid one."""
+
+    out_trade_no: str
+    state: str
+    payment: Payment | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notify whose signature, merchant and shape checked out. ``payment`` is
+    None for a failed payment attempt (``failure`` says why)."""
+
+    out_trade_no: str
+    payment: Payment | None
+    failure: str = ""
+
+
+class PaymentGateway(abc.ABC):
+    @abc.abstractmethod
+    async def create_native(self, order: NativeOrder) -> NativeCheckout:
+        """Place (or fetch again) the Native trade; raises TradeAlreadyPaid, TradeClosed, GatewayError."""
+
+    @abc.abstractmethod
+    async def query(self, out_trade_no: str) -> Trade:
+        """The trade now; raises TradeNotFound when WeChat has none."""
+
+    @abc.abstractmethod
+    async def close(self, out_trade_no: str) -> None:
+        """Close the unpaid trade; raises TradeAlreadyPaid, TradeClosed, TradeNotFound, CloseTooEarly."""
+
+    @abc.abstractmethod
+    def read_notify(self, body: bytes, headers: Mapping[str, str]) -> Notice:
+        """Parse and verify a payment notify; raises NotifyRejected with the reason for WeChat."""
