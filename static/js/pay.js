@@ -1,36 +1,48 @@
 "use strict";
-// Pay page: show the QR, then wait for the order to be paid or closed.
-// Push over the server's WebSocket (default) or RabbitMQ Web STOMP (?push=stomp),
-// reconnecting with backoff; polling takes over while neither is connected.
+// Pay page: show the QR, then wait until the order is paid or closed.
+// The order's events are pushed over the server's WebSocket (default) or
+// RabbitMQ Web STOMP (?push=stomp, or PUSH_ROUTE=stomp). Both routes go
+// through one connection state machine with one reconnect backoff; while the
+// route stays down, the page reads the order every few seconds instead.
 (function () {
   const root = document.getElementById("pay");
+  const stateText = document.getElementById("state");
   const orderId = root.dataset.orderId;
-  const money = root.dataset.money;
-  const state = document.getElementById("state");
-  let route = new URLSearchParams(location.search).get("push") || root.dataset.pushRoute || "ws";
+
   const POLL_MS = 2000;
   const POLL_AFTER_FAILURES = 2;
-  let finished = false;
-  let failures = 0;
-  let polling = false;
+  const FIRST_RETRY_MS = 1000;
+  const MAX_RETRY_MS = 15000;
+  // The page socket's refusals (handlers/ws.py); any other close is retried.
+  const CLOSE_LOGIN = 4401;
+  const CLOSE_NOT_FOUND = 4404;
 
-  function show(text, live) {
-    state.textContent = text;
-    state.classList.toggle("offline", !live);
-    root.dataset.connection = live ? route : polling ? "polling" : "connecting";
+  // ---- Leaving the page ---------------------------------------------------
+
+  let finished = false;
+
+  function leave(url) {
+    finished = true;
+    stopPolling();
+    stopConnecting();
+    location.replace(url);
   }
 
   function finish(status) {
     if (finished) return;
     if (status === "paid") {
-      finished = true;
-      show("Paid. Redirecting…", true);
-      location.replace("/paysuccess.html?money=" + encodeURIComponent(money));
+      stateText.textContent = "Paid. Redirecting…";
+      leave("/paysuccess.html?money=" + encodeURIComponent(root.dataset.money));
     } else if (status === "closed") {
-      finished = true;
-      location.replace("/payfail.html");
+      leave("/payfail.html");
     }
   }
+
+  function goToLogin() {
+    location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+  }
+
+  // ---- The order's state --------------------------------------------------
 
   function onEvent(event) {
     if (event && typeof event.status === "string" && event.order_id === orderId) finish(event.status);
@@ -38,72 +50,207 @@
 
   async function readState() {
     try {
-      const order = await paypush.call("GET", "/api/orders/" + encodeURIComponent(orderId));
-      finish(order.status);
-      return true;
+      finish((await paypush.call("GET", "/api/orders/" + encodeURIComponent(orderId))).status);
     } catch (e) {
-      if (e.status === 401) location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
-      return false;
+      if (e.status === 401) goToLogin();
     }
   }
 
-  async function poll() {
-    if (polling) return;
-    polling = true;
-    while (!finished && polling) {
+  // ---- Polling: while no route is connected ---------------------------------
+
+  // The running loop, or null. Each loop checks it is still the current one
+  // after every await, so stopping and restarting never leaves two running.
+  let pollLoop = null;
+
+  function startPolling() {
+    if (pollLoop) return;
+    const loop = { timer: 0 };
+    pollLoop = loop;
+    (async function tick() {
       await readState();
-      await new Promise((r) => setTimeout(r, POLL_MS));
+      if (pollLoop === loop) loop.timer = setTimeout(tick, POLL_MS);
+    })();
+  }
+
+  function stopPolling() {
+    if (pollLoop) clearTimeout(pollLoop.timer);
+    pollLoop = null;
+  }
+
+  // ---- The connection's state machine ---------------------------------------
+  //   connecting  the first attempt is under way
+  //   live        a route is subscribed to the order's events
+  //   retrying    the route was lost or refused; the next attempt waits out the backoff
+  //   polling     POLL_AFTER_FAILURES attempts failed in a row: the order is read every
+  //               POLL_MS while attempts go on with the same backoff
+  // #pay's data-connection is the phase, or the route's name ("ws", "stomp") when live.
+
+  const PHASE_TEXT = {
+    connecting: "Connecting…",
+    live: "Waiting for payment…",
+    retrying: "Reconnecting…",
+    polling: "Waiting for payment… (checking every few seconds)",
+  };
+
+  let route = null; // { name, open(callbacks) -> close() }
+  let attempt = null; // the connection attempt whose callbacks count
+  let failures = 0; // attempts failed in a row
+  let retryTimer = 0;
+
+  function enter(phase) {
+    stateText.textContent = PHASE_TEXT[phase];
+    stateText.classList.toggle("offline", phase !== "live");
+    root.dataset.connection = phase === "live" ? route.name : phase;
+  }
+
+  // Exponential, capped, and spread over the upper half of each step, so pages
+  // cut off together (a deploy, a broker restart) do not all come back together.
+  function retryDelay(failuresInARow) {
+    const ceiling = Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** (failuresInARow - 1));
+    return ceiling * (0.5 + Math.random() / 2);
+  }
+
+  function connect() {
+    retryTimer = 0;
+    const mine = {};
+    attempt = mine;
+    const current = (fn) => (arg) => { if (attempt === mine && !finished) fn(arg); };
+    try {
+      mine.close = route.open({ subscribed: current(connectionLive), received: current(onEvent),
+                                lost: current(connectionLost) });
+    } catch (e) {
+      current(connectionLost)(); // e.g. a malformed push URL: polling still works
     }
   }
 
-  function failed() {
-    failures += 1;
-    if (failures >= POLL_AFTER_FAILURES) poll();
-    show(polling ? "Waiting for payment… (checking every few seconds)" : "Reconnecting…", false);
-    return Math.min(15000, 500 * 2 ** failures) * (0.75 + Math.random() / 2);
-  }
-
-  function connected() {
+  function connectionLive() {
     failures = 0;
-    polling = false;
-    show("Waiting for payment…", true);
+    stopPolling();
+    enter("live");
   }
 
-  function connectWs() {
-    if (finished) return;
-    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host +
-      "/ws/pay?orderId=" + encodeURIComponent(orderId);
-    const ws = new WebSocket(url);
-    ws.onopen = connected;
-    ws.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { /* not ours */ } };
-    ws.onclose = (ev) => {
-      if (finished) return;
-      if (ev.code === 4401) { readState(); return; }
-      if (ev.code === 4404) { location.replace("/payfail.html"); return; }
-      setTimeout(connectWs, failed());
+  function connectionLost() {
+    attempt = null;
+    failures += 1;
+    if (failures >= POLL_AFTER_FAILURES) {
+      startPolling();
+      enter("polling");
+    } else {
+      enter("retrying");
+    }
+    retryTimer = setTimeout(connect, retryDelay(failures));
+  }
+
+  function stopConnecting() {
+    clearTimeout(retryTimer);
+    const closing = attempt;
+    attempt = null;
+    if (closing && closing.close) closing.close();
+  }
+
+  // ---- Routes ---------------------------------------------------------------
+  // open(callbacks) starts one connection and returns its close(). It calls
+  // subscribed() once the order's events are sure to arrive and its current
+  // state has been read after that, received(event) for each event, and
+  // lost() once, when the connection closes or never opens.
+
+  // The server names the socket's path and query (push.ws); the origin is the
+  // page's own. push.ws is built from PUBLIC_URL, the address WeChat's notifies
+  // reach, which need not be the name the shopper's browser used: the login
+  // cookie goes only to the page's own host, and the server accepts a socket
+  // whose Origin is its Host. Behind a proxy on the public origin the two agree.
+  function pageSocketUrl(pushWs) {
+    const given = new URL(pushWs, location.href);
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + given.pathname + given.search;
+  }
+
+  function parseJson(text) {
+    try { return JSON.parse(text); } catch (e) { return null; }
+  }
+
+  function webSocketRoute(pushWs) {
+    return {
+      name: "ws",
+      open({ subscribed, received, lost }) {
+        const ws = new WebSocket(pageSocketUrl(pushWs));
+        let first = true;
+        ws.onmessage = (m) => {
+          // The server subscribes, then sends the order's state: the first
+          // message, not the upgrade, is what makes the socket live (a refusal
+          // such as 4429 comes after the upgrade).
+          if (first) { first = false; subscribed(); }
+          received(parseJson(m.data));
+        };
+        ws.onclose = (ev) => {
+          if (ev.code === CLOSE_NOT_FOUND) { leave("/payfail.html"); return; }
+          if (ev.code === CLOSE_LOGIN) readState(); // goes to the login page if the session ended
+          lost();
+        };
+        return () => ws.close(1000);
+      },
     };
   }
 
-  function connectStomp(stomp) {
-    const client = new StompJs.Client({
-      brokerURL: stomp.url,
-      // host: the RabbitMQ vhost paypush publishes to (Web STOMP's default is "/").
-      connectHeaders: { host: stomp.host, login: stomp.login, passcode: stomp.passcode },
-      heartbeatIncoming: 10000,
-      heartbeatOutgoing: 10000,
-      reconnectDelay: 1000,
-      maxReconnectDelay: 15000,
-      reconnectTimeMode: StompJs.ReconnectionTimeMode.EXPONENTIAL,
-    });
-    client.onConnect = () => {
-      client.subscribe(stomp.destination, (m) => { try { onEvent(JSON.parse(m.body)); } catch (e) { /* not ours */ } });
-      connected();
-      readState(); // subscribed first, then read: nothing falls in between
-    };
-    client.onWebSocketClose = () => { if (!finished) failed(); };
-    client.onStompError = () => { if (!finished) failed(); };
-    client.activate();
+  // The STOMP client is loaded only for this route: a script from this site,
+  // which the CSP's script-src 'self' allows. A failed load fails the attempt
+  // and is tried again with the next one.
+  let stompLibrary = null;
+
+  function loadStompLibrary() {
+    if (!stompLibrary) {
+      stompLibrary = new Promise((resolve, reject) => {
+        const script = document.createElement("script");
+        script.src = root.dataset.stompBundle;
+        script.onload = () => (window.StompJs ? resolve(window.StompJs) : reject(new Error("no StompJs")));
+        script.onerror = () => { script.remove(); reject(new Error("STOMP client not loaded")); };
+        document.head.appendChild(script);
+      });
+      stompLibrary.catch(() => { stompLibrary = null; });
+    }
+    return stompLibrary;
   }
+
+  let receipts = 0;
+
+  function stompRoute(stomp) {
+    return {
+      name: "stomp",
+      open({ subscribed, received, lost }) {
+        let client = null;
+        let closed = false;
+        loadStompLibrary().then((StompJs) => {
+          if (closed) return;
+          client = new StompJs.Client({
+            brokerURL: stomp.url,
+            // host: the RabbitMQ vhost paypush publishes to (Web STOMP's default is "/").
+            connectHeaders: { host: stomp.host, login: stomp.login, passcode: stomp.passcode },
+            heartbeatIncoming: 10000,
+            heartbeatOutgoing: 10000,
+            reconnectDelay: 0, // the page's backoff decides, as on the WebSocket route
+          });
+          client.onConnect = () => {
+            // Read the state only once the broker confirms the subscription:
+            // then no event can fall between the two.
+            const receipt = "subscribed-" + (receipts += 1);
+            client.watchForReceipt(receipt, () => { subscribed(); readState(); });
+            client.subscribe(stomp.destination, (m) => received(parseJson(m.body)), { receipt });
+          };
+          client.onWebSocketClose = () => { client.deactivate(); lost(); };
+          client.activate();
+        }, () => { if (!closed) lost(); });
+        return () => { closed = true; if (client) client.deactivate(); };
+      },
+    };
+  }
+
+  // The route asked for (?push=, else the server's PUSH_ROUTE) if createNative
+  // offers it; it offers no STOMP credentials when that route is not set up.
+  function chooseRoute(push) {
+    const wanted = new URLSearchParams(location.search).get("push") || root.dataset.pushRoute;
+    return wanted === "stomp" && push.stomp ? stompRoute(push.stomp) : webSocketRoute(push.ws);
+  }
+
+  // ---- The QR ---------------------------------------------------------------
 
   async function showQr() {
     const qr = document.getElementById("qr");
@@ -130,13 +277,16 @@
 
   finish(root.dataset.status);
   if (finished) return;
-  show("Connecting…", false);
+  enter("connecting");
   showQr().then((native) => {
     if (finished) return;
-    // No STOMP offered (no STOMP_PASSCODE on this server): the WebSocket route it always has.
-    if (route === "stomp" && native && !native.push.stomp) route = "ws";
-    if (route === "stomp" && native && window.StompJs) connectStomp(native.push.stomp);
-    else if (route === "stomp") poll();
-    else connectWs();
+    if (native) {
+      route = chooseRoute(native.push);
+      connect();
+    } else {
+      // No push routes without createNative's answer: reading the order is all there is.
+      startPolling();
+      enter("polling");
+    }
   });
 })();

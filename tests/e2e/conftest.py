@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.processes import ROOT, ServerProcess, base_env
 from tests.stomp import BrowserUser
@@ -30,18 +31,26 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def server_env(var_dir: Path, mongo_url: str, amqp_url: str, stomp_user: BrowserUser,
+               **extra: str) -> dict[str, str]:
+    """On this session's vhost: the STOMP page must find it from createNative's host.
+    One demo shopper stands in for many, so the unpaid-order cap is lifted."""
+    return base_env(var_dir, MONGO_URL=mongo_url, MONGO_DB=f"e2e{uuid.uuid4().hex[:12]}", AMQP_URL=amqp_url,
+                    STOMP_LOGIN=stomp_user.login, STOMP_PASSCODE=stomp_user.passcode,
+                    SIM_NOTIFY_SPEED="100", MAX_UNPAID_ORDERS_PER_USER="100", **extra)
+
+
+def stopped_cleanly(proc: ServerProcess) -> None:
+    assert proc.stop() == 0, proc.output
+    assert "Traceback" not in proc.output, proc.output
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, mongo_url: str, amqp_url: str,
            stomp_user: BrowserUser) -> Iterator[ServerProcess]:
-    """On this session's vhost: the STOMP page must find it from createNative's host."""
-    env = base_env(tmp_path_factory.mktemp("e2e-var"), MONGO_URL=mongo_url,
-                   MONGO_DB=f"e2e{uuid.uuid4().hex[:12]}", AMQP_URL=amqp_url,
-                   STOMP_LOGIN=stomp_user.login, STOMP_PASSCODE=stomp_user.passcode,
-                   SIM_NOTIFY_SPEED="100")
-    proc = ServerProcess(env).start()
+    proc = ServerProcess(server_env(tmp_path_factory.mktemp("e2e-var"), mongo_url, amqp_url, stomp_user)).start()
     yield proc
-    assert proc.stop() == 0, proc.output
-    assert "Traceback" not in proc.output, proc.output
+    stopped_cleanly(proc)
 
 
 @pytest.fixture
@@ -49,7 +58,8 @@ def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 420, "height": 860})
     page = context.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Any page of the context: the simulator's phone and second tabs too.
+    context.on("weberror", lambda err: errors.append(str(err.error)))
     # A CSP violation is no exception, only a console error: a blocked script,
     # style or socket must fail the test too.
     context.on("console", lambda msg: errors.append(msg.text)
@@ -64,3 +74,51 @@ def screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def log_in(page: Page, base_url: str) -> None:
+    page.goto(base_url + "/")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    page.fill("input[name=username]", "demo")
+    page.fill("input[name=password]", "demo-pass-123")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Shop")
+
+
+def order_and_open_pay_page(page: Page, base_url: str, sku: str, query: str = "") -> None:
+    """From the shop (logged in), one of ``sku``, to its pay page (``query``
+    appended, as a shopper would type it)."""
+    page.goto(base_url + "/")
+    page.fill(f"input[name={sku}]", "1")
+    page.click("#place-order")
+    expect(page).to_have_url(re.compile(r"/weixinpay\.html\?orderId="))
+    if query:
+        page.goto(page.url + query)
+    expect(page.locator("#qr svg")).to_be_visible()
+
+
+def pay_with_simulator(page: Page) -> None:
+    """The shopper's phone (the sandbox simulator, in a tab of its own) pays the pay page's QR."""
+    link = page.locator("#sim-link")
+    expect(link).to_be_visible()
+    phone = page.context.new_page()
+    phone.goto(str(page.evaluate("document.getElementById('sim-link').href")))
+    phone.click("#confirm-pay")
+    expect(phone.locator("#paid")).to_be_visible()
+    phone.close()
+
+
+def watch_connection(page: Page) -> None:
+    """From now on, each new value of the pay page's data-connection is appended
+    to <body data-seen> (space-separated), so a test can wait for a sequence of
+    states however briefly each one lasted."""
+    page.evaluate("""() => {
+        const pay = document.getElementById("pay");
+        const seen = [pay.dataset.connection];
+        document.body.dataset.seen = seen.join(" ");
+        new MutationObserver(() => {
+            if (pay.dataset.connection === seen[seen.length - 1]) return;
+            seen.push(pay.dataset.connection);
+            document.body.dataset.seen = seen.join(" ");
+        }).observe(pay, { attributeFilter: ["data-connection"] });
+    }""")

@@ -7,23 +7,16 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import screenshot
+from tests.e2e.conftest import log_in, screenshot
 from tests.processes import ServerProcess
-
-
-def log_in(page: Page, base_url: str) -> None:
-    page.goto(base_url + "/")
-    expect(page).to_have_url(re.compile(r"/login\?next="))
-    page.fill("input[name=username]", "demo")
-    page.fill("input[name=password]", "demo-pass-123")
-    page.click("button[type=submit]")
-    expect(page.locator("h1")).to_have_text("Shop")
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("route", ["ws", "stomp"])
 def test_pay_page_reaches_success_when_the_simulator_pays(route: str, page: Page,
                                                           server: ServerProcess) -> None:
+    requested: list[str] = []
+    page.on("request", lambda req: requested.append(req.url))
     log_in(page, server.base_url)
     page.fill("input[name=fan-silk]", "2")
     page.fill("input[name=card-sticker]", "1")
@@ -37,6 +30,10 @@ def test_pay_page_reaches_success_when_the_simulator_pays(route: str, page: Page
     expect(page.locator("#pay")).to_have_attribute("data-connection", route)
     expect(page.locator("#state")).to_have_text("Waiting for payment…")
     screenshot(page, f"pay-page-{route}")
+    # Live, so whatever the page loads to connect has been loaded: the STOMP
+    # client only for the STOMP route.
+    stomp_client = [url for url in requested if "/vendor/stompjs/" in url]
+    assert bool(stomp_client) == (route == "stomp"), stomp_client
 
     link = page.locator("#sim-link")
     expect(link).to_be_visible()
