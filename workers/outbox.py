@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 async def drain_once(events: OrderEvents, stopping: asyncio.Event) -> int:
-    sent = await events.drain(stop=stopping)
+    sent = await events.publish_pending(stop=stopping)
     if sent:
         log.info("outbox: published %d delayed event(s)", sent)
     return sent

@@ -9,7 +9,7 @@ from typing import Any
 from pymongo.errors import DuplicateKeyError
 
 from server.accounts.users import InvalidUser, create_user
-from server.domain.orders import max_per_order
+from server.domain.stock import max_per_order
 from server.infra.store import Store
 
 log = logging.getLogger(__name__)

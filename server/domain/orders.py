@@ -1,14 +1,12 @@
-"""Orders: creation with atomic stock reservation, reads, and state transitions.
-
-Stock is reserved per SKU with one conditional update that also records the
-hold on the SKU document itself (``holds.<order_id>``). That makes every stock
-movement exactly-once: a hold is taken only if absent and given back only if
-present, whoever retries, races or restarts.
+"""Orders: the order model, its validation, creation with its stock holds
+(server/domain/stock.py), reads, and its state transitions.
 
 State machine (``status``): reserving -> unpaid -> paid | closed, and
 reserving -> rejected when stock is short. Every transition is one conditional
-single-document update; side effects run only for the caller that won it and
-are idempotent themselves, so they can be re-driven by a repeat.
+single-document update that also writes the order's log entry and marks its
+event pending (the outbox); every other side effect runs only for the caller
+that won it, through one method (``_transitioned``), and is idempotent, so it
+can be driven again by a repeat.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from typing import Any
 from pymongo import ReturnDocument
 
 from server.domain.errors import Conflict, InvalidRequest, LimitReached, NotFound
+from server.domain.stock import MAX_NUM, Stock, max_per_order
 from server.infra.bus import BusUnavailable
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
@@ -34,10 +33,9 @@ from server.push.events import OrderEvents, outbox_fields
 log = logging.getLogger(__name__)
 
 RESERVING, UNPAID, PAID, CLOSED, REJECTED = "reserving", "unpaid", "paid", "closed", "rejected"
+COMPENSATED = "compensated"  # the transition closed -> paid (the status is then paid)
 VISIBLE = (UNPAID, PAID, CLOSED)
 MAX_LINES = 20
-# Per SKU per order; a SKU document's ``max_per_order`` can lower it (scarce items).
-MAX_NUM = 99
 # SKU ids become field names in ``holds``: no dots, no leading "$".
 SKU_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -100,12 +98,6 @@ def parse_lines(payload: Any) -> list[Line]:
     return [Line(s, n) for s, n in sorted(merged.items())]
 
 
-def max_per_order(sku: dict[str, Any]) -> int:
-    """How many of this SKU one order may take."""
-    limit = sku.get("max_per_order")
-    return min(int(limit), MAX_NUM) if isinstance(limit, int) and limit > 0 else MAX_NUM
-
-
 def log_entry(kind: str, who: str, remarks: str) -> dict[str, Any]:
     """``$set`` fields for the order's one log entry of ``kind``."""
     return {f"logs.{kind}": {"who": who, "remarks": remarks[:200], "at": time.time()}}
@@ -124,6 +116,7 @@ class Orders:
         self.max_unpaid_per_user = max_unpaid_per_user
         self.events = events
         self.deadlines = deadlines
+        self.stock = Stock(store)
         self._tasks: set[asyncio.Task[None]] = set()
         self.on_transition: Callbacks[[str]] = Callbacks("orders.on_transition")
 
@@ -162,8 +155,8 @@ class Orders:
             log.info("order by %s refused: %d unpaid orders already", user, held - 1)
             raise TooManyUnpaidOrders(self.max_unpaid_per_user)
         for ln in lines:
-            if not await self._hold(order["_id"], ln):
-                await self.release_reservation(order, to=REJECTED)
+            if not await self.stock.hold(order["_id"], ln.sku_id, ln.num):
+                await self.abandon_reservation(order)
                 raise OutOfStock(ln.sku_id)
         placed = await self.store.orders.find_one_and_update(
             {"_id": order["_id"], "status": RESERVING},
@@ -183,36 +176,12 @@ class Orders:
                             order["_id"], exc)
         return placed
 
-    async def _hold(self, order_id: str, line: Line) -> bool:
-        held = await self.store.skus.find_one_and_update(
-            {"_id": line.sku_id, "stock": {"$gte": line.num}, f"holds.{order_id}": {"$exists": False}},
-            {"$inc": {"stock": -line.num}, "$set": {f"holds.{order_id}": line.num}},
-            projection={"_id": 1})
-        return held is not None
-
-    async def _give_back(self, order_id: str, sku_id: str, num: int) -> None:
-        await self.store.skus.update_one(
-            {"_id": sku_id, f"holds.{order_id}": {"$exists": True}},
-            {"$inc": {"stock": num}, "$unset": {f"holds.{order_id}": ""}})
-
-    async def _settle(self, order_id: str, sku_id: str) -> None:
-        """A paid order's hold becomes a sale: the stock stays taken."""
-        await self.store.skus.update_one(
-            {"_id": sku_id, f"holds.{order_id}": {"$exists": True}},
-            {"$unset": {f"holds.{order_id}": ""}})
-
-    async def release_reservation(self, order: dict[str, Any], to: str) -> None:
-        """Give back every hold this order has (each at most once); ``to=REJECTED``
-        also ends a reservation that never became an order."""
-        for item in order["items"]:
-            await self._give_back(order["_id"], item["sku_id"], int(item["num"]))
-        if to == REJECTED:
-            await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
-                                               {"$set": {"status": REJECTED}})
-
-    async def settle_reservation(self, order: dict[str, Any]) -> None:
-        for item in order["items"]:
-            await self._settle(order["_id"], item["sku_id"])
+    async def abandon_reservation(self, order: dict[str, Any]) -> None:
+        """A reservation that will not become an order (short of stock, or its
+        process died half-way): every hold back, then ``rejected``."""
+        await self.stock.give_back(order)
+        await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
+                                           {"$set": {"status": REJECTED}})
 
     async def get(self, order_id: str) -> dict[str, Any] | None:
         return await self.store.orders.find_one({"_id": order_id})
@@ -251,20 +220,27 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.info("order %s paid: %s", order_id, remarks)
-            self.on_transition("paid")
-            self.after_transition(order)
+            await self._transitioned(order, PAID)
             return True, order
         return False, await self.get(order_id)
 
-    def after_transition(self, order: dict[str, Any]) -> None:
-        """The winner's side effects, off the caller's path: publish the event,
-        settle (paid) or give back (closed) the stock holds. Each is idempotent
-        and re-driven by the outbox drainer or the timeout worker after a crash."""
+    async def _transitioned(self, order: dict[str, Any], transition: str) -> None:
+        """Every side effect of a transition this caller won, in one place.
+
+        Each is idempotent and is driven again after a crash (stock by the
+        timeout worker and the sweeper, the event by the outbox), so a winner
+        that dies half-way loses nothing. The stock moves before anyone is told
+        of a close or a compensation; a payment's holds become sales off the
+        caller's path, so a notify's reply does not wait for them.
+        """
+        self.on_transition(transition)
+        if transition == CLOSED:
+            await self.stock.give_back(order)
+        elif transition == COMPENSATED:
+            await self.stock.take_again(order)
         self.events.flush_soon(order)
-        if order["status"] == PAID:
-            self._background(self.settle_reservation(order))
-        elif order["status"] == CLOSED:
-            self._background(self.release_reservation(order, to=CLOSED))
+        if transition == PAID:
+            self._background(self.stock.keep_as_sold(order))
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -276,8 +252,8 @@ class Orders:
         if not task.cancelled() and task.exception() is not None:
             log.warning("stock bookkeeping failed, the timeout worker will redo it: %s", task.exception())
 
-    async def drain(self) -> None:
-        """Let background bookkeeping finish (shutdown)."""
+    async def finish_bookkeeping(self) -> None:
+        """Let stock bookkeeping under way in the background finish (shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
@@ -290,13 +266,11 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.info("order %s closed: %s", order_id, remarks)
-            self.on_transition("closed")
-            await self.release_reservation(order, to=CLOSED)
-            self.events.flush_soon(order)
+            await self._transitioned(order, CLOSED)
             return True, order
         order = await self.get(order_id)
         if order is not None and order["status"] == CLOSED:
-            await self.release_reservation(order, to=CLOSED)  # finish what a crash may have cut short
+            await self.stock.give_back(order)  # finish what a crash may have cut short
         return False, order
 
     async def mark_paid_after_close(self, order_id: str, transaction_id: str,
@@ -315,21 +289,12 @@ class Orders:
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.warning("order %s paid after it was closed: compensated", order_id)
-            self.on_transition("compensated")
-            self.events.flush_soon(order)
-        else:
-            order = await self.get(order_id)
-        if order is None or order["status"] != PAID or order.get("transaction_id") != transaction_id:
+            await self._transitioned(order, COMPENSATED)
             return order
-        if order.get("compensated"):
-            for item in order["items"]:
-                sku = await self.store.skus.find_one_and_update(
-                    {"_id": item["sku_id"], f"retaken.{order_id}": {"$exists": False}},
-                    {"$inc": {"stock": -int(item["num"])}, "$set": {f"retaken.{order_id}": int(item["num"])}},
-                    return_document=ReturnDocument.AFTER)
-                if sku is not None and sku["stock"] < 0:
-                    log.warning("SKU %s oversold by %d after compensating order %s",
-                                item["sku_id"], -sku["stock"], order_id)
+        order = await self.get(order_id)
+        if (order is not None and order["status"] == PAID and order.get("compensated")
+                and order.get("transaction_id") == transaction_id):
+            await self.stock.take_again(order)  # finish what a crash may have cut short
         return order
 
     async def overdue(self, before: float, limit: int = 500) -> list[str]:

@@ -61,17 +61,17 @@ class Timeouts:
             return Outcome.FINAL, 0.0
         status = order["status"]
         if status == CLOSED:  # give back what a crash may have kept held
-            await self.orders.release_reservation(order, to=CLOSED)
+            await self.orders.stock.give_back(order)
             return Outcome.FINAL, 0.0
         if status == PAID:  # settle what a crash may have kept held
-            await self.orders.settle_reservation(order)
+            await self.orders.stock.keep_as_sold(order)
             return Outcome.FINAL, 0.0
         if status == REJECTED:
             return Outcome.FINAL, 0.0
         if status == RESERVING:
             if time.time() - order["created_at"] < ABANDONED_RESERVATION_SECONDS:
                 return Outcome.NOT_DUE, ABANDONED_RESERVATION_SECONDS
-            await self.orders.release_reservation(order, to=REJECTED)
+            await self.orders.abandon_reservation(order)
             log.info("order %s: abandoned reservation released", order_id)
             return Outcome.FINAL, 0.0
         assert status == UNPAID

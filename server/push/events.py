@@ -114,7 +114,7 @@ class OrderEvents:
             log.warning("event %s for %s published, outbox not cleared: %s", kind, order["_id"], exc)
         return True
 
-    async def drain(self, limit: int = 100, stop: asyncio.Event | None = None) -> int:
+    async def publish_pending(self, limit: int = 100, stop: asyncio.Event | None = None) -> int:
         """Claim and publish pending events whose claim ran out. Returns how many went out.
 
         Once ``stop`` is set no further event is claimed (shutdown)."""
