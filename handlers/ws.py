@@ -54,8 +54,8 @@ class SocketDeps:
 
 
 class PaySocket(tornado.websocket.WebSocketHandler):
-    # Slots, not the instance dict: three more attributes there would turn
-    # Tornado's key-sharing dict into a combined one, about 1.5 KiB per socket.
+    # Slots, not the instance dict: more attributes there would turn Tornado's
+    # key-sharing dict into a combined one, which every waiting page pays for.
     __slots__ = ("_current_user", "deps", "sub")
 
     def initialize(self, deps: SocketDeps) -> None:
@@ -98,9 +98,11 @@ class PaySocket(tornado.websocket.WebSocketHandler):
     def _forget_handshake(self) -> None:
         """Drop what only the upgrade needed: the request's headers and
         arguments, the response headers, the template namespace. A waiting page
-        holds its socket for minutes; these were ~3.5 KiB of each one
-        (tracemalloc, bench/waiting_browsers.py). Called once the user and the
-        order id are read: the 101 has been sent before open() runs."""
+        holds its socket for minutes, and these were a quarter of what it cost
+        (BENCHMARKS.md). Called once the user and the order id are read: the
+        101 has been sent before open() runs. Tornado keeps no public way to
+        do this; every socket the tests open runs it, so an upgrade that breaks
+        it fails them."""
         request = self.request
         # Emptied in place, not replaced: Tornado's own get() keeps this object
         # in its frame for as long as the socket is open.

@@ -30,9 +30,8 @@ MAX_INTERVAL = 60.0
 
 
 # Orders looked at per pass (one read by _id each). A backstop for lost
-# notifies must never become the load: at 10k waiting pages it spreads its
-# look-ups out instead of reading them all (benchmarked: reading all of them,
-# even batched, pushed notify latency into seconds).
+# notifies must never become the load: with many waiting pages it spreads its
+# look-ups out instead of reading them all.
 PER_PASS = 25
 
 

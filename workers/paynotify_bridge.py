@@ -20,6 +20,7 @@ from server.domain.orders import VISIBLE, Orders
 from server.infra.bus import Bus
 from server.push.events import TRANSITION_AT, event_for
 from server.push.hub import PushHub
+from server.push.tokens import token_of_routing_key
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def make_handler(hub: PushHub) -> Callable[[AbstractIncomingMessage], Awaitable[
     async def handle(message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False):
             key = message.routing_key or ""
-            if not key.startswith("order."):
+            token = token_of_routing_key(key)
+            if token is None:
                 return
             try:
                 event = json.loads(message.body)
@@ -37,7 +39,7 @@ def make_handler(hub: PushHub) -> Callable[[AbstractIncomingMessage], Awaitable[
                 return
             at = (message.headers or {}).get(TRANSITION_AT)
             if isinstance(event, dict):
-                hub.dispatch(key[len("order."):], event, at if isinstance(at, float) else None)
+                hub.dispatch(token, event, at if isinstance(at, float) else None)
 
     return handle
 

@@ -39,9 +39,9 @@ from workers import active_query, order_timeout, outbox, paynotify_bridge, sweep
 
 log = logging.getLogger(__name__)
 
-# Each ping costs a write, a pong read and an epoll re-registration: at 10k
-# sockets a 20 s interval alone pushed p50 push latency from 17 ms to 800 ms
-# (bench/push_latency.py). 45 s stays under proxies' 60 s idle timeouts.
+# Each ping costs a write, a pong read and an epoll re-registration, which
+# pushes wait behind (BENCHMARKS.md, "Why the code is as it is"); 45 s stays
+# under proxies' 60 s idle timeouts.
 KEEPALIVE_SECONDS = 45.0
 
 

@@ -30,9 +30,9 @@ from server.push.tokens import PushTokens
 log = logging.getLogger(__name__)
 
 CLAIM_SECONDS = 10.0
-# How often the drainer looks for pending events when this process saw no
+# How often the outbox looks for pending events when this process saw no
 # failed publish: the look is a query over the orders, which a busy store
-# should not get every second (bench/push_latency.py showed the stalls).
+# should not get every second.
 IDLE_DRAIN_SECONDS = 30.0
 TRANSITION_AT = "x-paypush-transition-at"  # header: when the order changed, for push latency
 PUBLISH_GRACE = 5.0

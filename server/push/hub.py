@@ -218,8 +218,8 @@ class PushHub:
         One task for the whole process instead of Tornado's ping task per
         socket, spread evenly: each ``tick`` pings the next few sockets of a
         round. Bursts of pings (and of the pongs they bring back) delay the
-        pushes queued behind them (bench/push_latency.py), and walking every
-        socket each tick costs milliseconds at 10k, so a round works through a
+        pushes queued behind them, and walking every socket each tick is
+        itself slow with many sockets open, so a round works through a
         snapshot of the tokens: a page gone meanwhile is simply not found.
         """
         loop = asyncio.get_running_loop()

@@ -9,6 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+ROUTING_PREFIX = "order."
+
+
+def token_of_routing_key(key: str) -> str | None:
+    """The push token a ``paynotify`` routing key names, or None for any other key."""
+    return key[len(ROUTING_PREFIX):] if key.startswith(ROUTING_PREFIX) else None
+
 
 class PushTokens:
     def __init__(self, secret: str):
@@ -20,4 +27,4 @@ class PushTokens:
         return hmac.new(self._key, order_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
     def routing_key(self, order_id: str) -> str:
-        return f"order.{self.token(order_id)}"
+        return ROUTING_PREFIX + self.token(order_id)
