@@ -19,8 +19,8 @@ from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, S
 import settings as settings_mod
 from server.accounts.users import InvalidUser, create_user
 from server.composition.container import open_services
+from server.composition.demo import DEMO_PASSWORD, DEMO_USER
 from server.composition.web import make_app, make_metrics_app, make_simulator_app
-from server.domain.catalog import DEMO_PASSWORD, DEMO_USER
 from server.infra import logs
 from server.infra.embedded_mongo import EmbeddedMongo
 from server.infra.store import connect

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from server.accounts.login_throttle import LoginLimits, LoginThrottle
-from server.domain import catalog
+from server.composition import demo
 from server.domain.orders import Orders
 from server.domain.payments import Payments
 from server.domain.timeouts import Timeouts
@@ -72,6 +72,19 @@ class Services:
     _keep_alive: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
+        self._wire_hooks()
+        self._expose_metrics()
+        self.probes = Probes(self.store, self.bus, self.metrics, self.embedded_mongo, self.events.backlog)
+
+    def _wire_hooks(self) -> None:
+        """Who hears what: the only place listeners are added to the hooks."""
+        self.orders.on_transition.add(lambda name: self.metrics.orders.labels(name).inc())
+        # A transition made here reaches this process's pages at once, not
+        # only after the round trip through RabbitMQ.
+        self.events.deliver_locally.add(self.hub.dispatch)
+
+    def _expose_metrics(self) -> None:
+        """Gauges and counters read from the live objects when /metrics is scraped."""
         m = self.metrics
         m.gauge("paypush_open_sockets", "Pay-page sockets open on this process", lambda: len(self.hub))
         m.gauge("paypush_rabbitmq_reconnects", "RabbitMQ reconnects since start", lambda: self.bus.reconnects)
@@ -82,9 +95,6 @@ class Services:
                        lambda: dict(self.timeout_stats))
         m.counter_from("paypush_logins", "Login attempts by outcome (ok, failed, refused, busy)", "outcome",
                        lambda: dict(self.login_throttle.outcomes))
-        self.orders.on_transition.add(lambda name: m.orders.labels(name).inc())
-        self.events.deliver_locally.add(self.hub.dispatch)
-        self.probes = Probes(self.store, self.bus, m, self.embedded_mongo, self.events.backlog)
 
     @property
     def requests_in_flight(self) -> int:
@@ -194,7 +204,7 @@ async def open_services(settings: Settings, mongo_url: str,
                                      key=settings.wxpay_key,
                                      close_min_age_seconds=settings.sim_close_min_age_seconds,
                                      notify_speed=settings.sim_notify_speed)
-        await catalog.seed_demo(store)
+        await demo.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
                     Timeouts(orders, payments, gateway), simulator,

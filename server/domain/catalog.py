@@ -1,31 +1,16 @@
-"""The SKU catalog, and the demo data sandbox mode seeds."""
+"""The SKU catalog."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
 
-from server.accounts.users import InvalidUser, create_user
 from server.domain.stock import max_per_order
 from server.infra.store import Store
 
 log = logging.getLogger(__name__)
-
-DEMO_USER = "demo"
-DEMO_PASSWORD = "demo-pass-123"
-# (id, name, price in fen, stock)
-DEMO_SKUS: tuple[tuple[str, str, int, int], ...] = (
-    ("tea-longjing", "West Lake Longjing tea, 100 g", 8800, 50),
-    ("mug-celadon", "Celadon mug", 3900, 30),
-    ("fan-silk", "Silk folding fan", 2500, 20),
-    ("card-sticker", "Sticker card (limited)", 1, 5),
-)
-# A limited item: one shopper's order cannot take the whole run.
-DEMO_MAX_PER_ORDER = {"card-sticker": 2}
-
 
 def sku_json(doc: dict[str, Any]) -> dict[str, Any]:
     return {"id": doc["_id"], "name": doc["name"], "price": int(doc["price"]),
@@ -58,11 +43,3 @@ async def add_sku(store: Store, sku_id: str, name: str, price: int, stock: int,
         return True
     except DuplicateKeyError:
         return False
-
-
-async def seed_demo(store: Store) -> None:
-    for sku_id, name, price, stock in DEMO_SKUS:
-        await add_sku(store, sku_id, name, price, stock, DEMO_MAX_PER_ORDER.get(sku_id))
-    # Already there: keep whatever password it has now.
-    with contextlib.suppress(InvalidUser):
-        await create_user(store, DEMO_USER, DEMO_PASSWORD)
