@@ -30,6 +30,12 @@ PAYNOTIFY = "paynotify"
 PUBLISH_TIMEOUT = 5.0
 
 
+# What aio-pika raises when the broker is gone or going: an AMQP error, a
+# socket error, or RuntimeError from a channel or connection already closed.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError)
+
+
 class BusUnavailable(Exception):
     """A publish could not be confirmed by the broker."""
 
@@ -48,7 +54,7 @@ class Bus:
     async def connect(cls, url: str) -> Bus:
         try:
             connection = await aio_pika.connect_robust(url, timeout=10, reconnect_interval=1)
-        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+        except BROKER_ERRORS as exc:
             raise RuntimeError(
                 f"RabbitMQ is not reachable at AMQP_URL ({type(exc).__name__}: {exc}); "
                 "start it (rabbitmq-server -detached) or set AMQP_URL") from None
@@ -91,7 +97,7 @@ class Bus:
                                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
         try:
             await asyncio.wait_for(exchange.publish(message, routing_key=routing_key), PUBLISH_TIMEOUT)
-        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except BROKER_ERRORS as exc:
             raise BusUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def consume_paynotify(self, handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
@@ -115,5 +121,5 @@ class Bus:
             await asyncio.wait_for(self.connection.close(), max(0.01, within))
         except TimeoutError:
             log.warning("RabbitMQ did not answer the connection close within %.1fs; leaving anyway", within)
-        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+        except BROKER_ERRORS as exc:
             log.info("RabbitMQ connection close: %s", exc)

@@ -35,7 +35,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from server.infra.bus import Bus
+from server.infra.bus import BROKER_ERRORS, Bus
 
 log = logging.getLogger(__name__)
 
@@ -211,5 +211,5 @@ class TimeoutQueues:
             await asyncio.wait_for(queue.cancel(tag), within)
         except TimeoutError:
             log.warning("order timeout: RabbitMQ did not confirm the consumer cancel within %.1fs", within)
-        except (aio_pika.exceptions.AMQPError, RuntimeError, ConnectionError) as exc:
+        except BROKER_ERRORS as exc:
             log.info("order timeout: consumer cancel failed (%s); the connection close ends it", exc)

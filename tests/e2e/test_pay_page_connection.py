@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Page, expect
-from server.embedded_mongo import free_port
 
+from server.infra.embedded_mongo import free_port
 from tests.e2e.conftest import (
     log_in,
     order_and_open_pay_page,
