@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
 from tests.test_push_hub import Page
 
 

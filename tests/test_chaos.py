@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from server.composition.container import Services
-from tests.rabbit import close_connections_on, vhost_of
-from tests.shopper import Shopper
-from tests.timeout_helpers import SETTINGS, log_kinds, stock_total, trade
+from tests.support.rabbit import close_connections_on, vhost_of
+from tests.support.shopper import Shopper
+from tests.support.timeout_helpers import SETTINGS, log_kinds, stock_total, trade
 
 ORDERS = 200
 MIX = ("pay", "no_pay", "duplicate_notify", "dropped_notify", "pay_during_close")

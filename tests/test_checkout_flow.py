@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from server.composition.container import Services
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
 
 
 async def wait_for_status(shopper: Shopper, order_id: str, status: str, within: float = 10) -> dict[str, Any]:

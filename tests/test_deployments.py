@@ -16,7 +16,7 @@ from server.composition.container import Services, open_services
 from server.domain.orders import Line
 from server.infra.timeout_queues import TimeoutQueues
 from settings import ConfigError, from_environ
-from tests.timeout_helpers import eventually
+from tests.support.timeout_helpers import eventually
 
 ORDERS = 8
 

@@ -18,7 +18,7 @@ from typing import Any
 from pymongo import MongoClient
 
 from server.infra.embedded_mongo import EmbeddedMongo, _serving_port, _serving_port_ps, free_port
-from tests.processes import ROOT, ServerProcess, base_env, wait_http
+from tests.support.processes import ROOT, ServerProcess, base_env, wait_http
 
 
 def paypush(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.shopper import XSRF_META, Shopper
+from tests.support.shopper import XSRF_META, Shopper
 from tests.test_metrics import sample
 
 PROXY = {"trusted_proxies": (ipaddress.ip_network("127.0.0.1/32"),)}

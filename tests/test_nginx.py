@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from server.infra.embedded_mongo import free_port
-from tests.notify_client import post_notify, signed_notify
-from tests.processes import ROOT, ServerProcess, base_env
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.processes import ROOT, ServerProcess, base_env
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
 
 
 def open_sockets(server: ServerProcess) -> int:

@@ -11,8 +11,8 @@ import pytest
 
 from server.composition.container import Services
 from server.gateway.wxpay_v2 import signing, xmlcodec
-from tests.notify_client import coupon_fields, notify_fields, post_notify, signed_notify
-from tests.shopper import Shopper
+from tests.support.notify_client import coupon_fields, notify_fields, post_notify, signed_notify
+from tests.support.shopper import Shopper
 
 SUCCESS_REPLY = (b"<xml><return_code><![CDATA[SUCCESS]]></return_code>"
                  b"<return_msg><![CDATA[OK]]></return_msg></xml>")

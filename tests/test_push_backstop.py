@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from server.composition.container import Services, open_services
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.tcp_proxy import TcpProxy
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.tcp_proxy import TcpProxy
 from tests.test_push_bus import wait_until
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.processes import ServerProcess, base_env
-from tests.rabbit import close_connections_on, vhost_of
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.processes import ServerProcess, base_env
+from tests.support.rabbit import close_connections_on, vhost_of
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import aio_pika
 import pytest
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.tcp_proxy import TcpProxy
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.tcp_proxy import TcpProxy
 from tests.test_push_bus import wait_until
 
 

@@ -8,9 +8,9 @@ import pytest
 import tornado.httpclient
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
 
 
 @pytest.mark.gen_test(timeout=30)

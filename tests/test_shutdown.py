@@ -20,11 +20,11 @@ from pymongo import MongoClient
 from server.composition.container import Services, open_services
 from server.domain.orders import Line
 from server.infra.timeout_queues import DEPLOYMENT_HEADER
-from tests.notify_client import signed_notify
-from tests.processes import ServerProcess, base_env
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.tcp_proxy import TcpProxy
+from tests.support.notify_client import signed_notify
+from tests.support.processes import ServerProcess, base_env
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.tcp_proxy import TcpProxy
 
 ORDERS = 120
 OVERDUE = 1500

@@ -20,7 +20,7 @@ import pytest
 from aio_pika.abc import AbstractExchange
 
 from server.push.tokens import PushTokens
-from tests.stomp import BrowserUser, StompSession, run_setup
+from tests.support.stomp import BrowserUser, StompSession, run_setup
 
 TOKENS = PushTokens("test secret")
 WILDCARDS = ["#", "order.*", "order.#", "*.*", "order.*." + "a" * 32]

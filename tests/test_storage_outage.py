@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from server.infra.embedded_mongo import EmbeddedMongo
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
 
 
 @pytest.fixture

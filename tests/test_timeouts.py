@@ -11,11 +11,11 @@ import pytest
 
 from server.composition.container import Services
 from server.infra.timeout_queues import DELAY_QUEUE, TimeoutQueues
-from tests.notify_client import post_notify, signed_notify
-from tests.rabbit import close_connections_on, vhost_of
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.timeout_helpers import SETTINGS, final_order, log_kinds, stock_total, trade
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.rabbit import close_connections_on, vhost_of
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.timeout_helpers import SETTINGS, final_order, log_kinds, stock_total, trade
 from workers.sweeper import sweep_once
 
 

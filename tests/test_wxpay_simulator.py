@@ -14,7 +14,7 @@ from server.composition.container import Services
 from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable
 from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.gateway.wxpay_v2.client import Merchant, WxPayClient
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
 
 MERCHANT = Merchant(settings_mod.SANDBOX_APPID, settings_mod.SANDBOX_MCH_ID, settings_mod.SANDBOX_KEY)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from server.infra.embedded_mongo import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_env(var_dir: Path, **extra: str) -> dict[str, str]:

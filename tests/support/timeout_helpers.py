@@ -7,7 +7,7 @@ from typing import Any
 
 from server.composition.container import Services
 from server.domain.orders import order_logs
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
 
 SETTINGS = {"order_timeout_seconds": 2, "sim_close_min_age_seconds": 0.0, "timeout_retry_delays": (1, 2),
             "active_query_after_seconds": 1000.0,

@@ -9,7 +9,7 @@ from typing import Any
 import tornado.httpclient
 import tornado.websocket
 
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
 
 
 class PageSocket:
