@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import re
 import urllib.error
@@ -17,6 +16,7 @@ from tests.support.notify_client import post_notify, signed_notify
 from tests.support.processes import ServerProcess, base_env
 from tests.support.shopper import Shopper
 from tests.support.sockets import PageSocket
+from tests.support.waiting import eventually
 
 
 def sample(text: str, name: str, labels: str = "") -> float:
@@ -34,12 +34,14 @@ async def test_metrics_follow_a_payment(shopper: Shopper, base_url: str) -> None
     await post_notify(base_url, signed_notify(order))
     await post_notify(base_url, b"<xml><sign>forged</sign></xml>")
     assert (await sock.next())["type"] == "paid"
-    for _ in range(40):  # the outbox entry is cleared just after the publish is confirmed
+
+    async def metrics_once_published() -> str | None:  # the outbox entry is cleared just after the confirm
         status, text = await shopper.request("GET", "/metrics")
         assert status == 200
-        if sample(text, "paypush_outbox_backlog") == 0:
-            break
-        await asyncio.sleep(0.05)
+        return text if sample(text, "paypush_outbox_backlog") == 0 else None
+
+    text = await eventually(metrics_once_published, message="paypush_outbox_backlog back to 0", within=5,
+                            every=0.05)
     assert sample(text, "paypush_open_sockets") == 1
     assert sample(text, "paypush_notifies_total", 'outcome="acknowledged"') == 1
     assert sample(text, "paypush_notifies_total", 'outcome="rejected"') == 1

@@ -9,7 +9,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import pytest
 
 from server.infra.embedded_mongo import free_port
 from tests.support.notify_client import post_notify, signed_notify
-from tests.support.processes import ROOT, ServerProcess, base_env
+from tests.support.processes import ROOT, ServerProcess, base_env, wait_http
 from tests.support.shopper import Shopper
 from tests.support.sockets import PageSocket
 
@@ -51,14 +50,11 @@ def cluster(tmp_path: Path, mongo_url: str, amqp_url: str) -> Iterator[tuple[str
     (tmp_path / "nginx.conf").write_text(conf)
     proc = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)])
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(public + "/healthz", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (tmp_path / "nginx-error.log").read_text()
-                time.sleep(0.1)
+        try:
+            wait_http(public + "/healthz", within=20)
+        except AssertionError as exc:
+            raise AssertionError(f"nginx never passed /healthz on: {(tmp_path / 'nginx-error.log').read_text()}") \
+                from exc
         yield public, a, b
     finally:
         proc.send_signal(signal.SIGQUIT)

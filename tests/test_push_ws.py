@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import tornado.httpclient
 
@@ -11,6 +9,7 @@ from server.composition.container import Services
 from tests.support.notify_client import post_notify, signed_notify
 from tests.support.shopper import Shopper
 from tests.support.sockets import PageSocket
+from tests.support.waiting import eventually
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -72,8 +71,7 @@ async def test_malformed_frames_get_a_clean_close(frame: str | bytes, code: int,
     await sock.conn.write_message(frame, binary=isinstance(frame, bytes))
     assert await sock.next() is None
     assert sock.close_code == code
-    await asyncio.sleep(0.05)
-    assert len(services.hub) == 0
+    await eventually(lambda: len(services.hub) == 0, message="the closed socket gone from the hub")
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -92,7 +90,7 @@ def extra_settings() -> dict[str, object]:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str) -> None:
+async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str, services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
     socks = [await PageSocket.open(base_url, order["id"], shopper) for _ in range(2)]
     for s in socks:
@@ -100,7 +98,7 @@ async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str) -> N
     third = await PageSocket.open(base_url, order["id"], shopper)
     assert await third.next() is None and third.close_code == 4429
     socks[0].close()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: services.hub.can_open("demo"), message="the closed socket's place freed")
     fourth = await PageSocket.open(base_url, order["id"], shopper)
     assert (await fourth.next())["type"] == "status"
 

@@ -16,6 +16,7 @@ from tests.support.rabbit import close_connections_on, vhost_of
 from tests.support.shopper import Shopper
 from tests.support.sockets import PageSocket
 from tests.support.timeout_helpers import SETTINGS, final_order, log_kinds, stock_total, trade
+from tests.support.waiting import eventually
 from workers.sweeper import sweep_once
 
 
@@ -215,13 +216,12 @@ async def test_deadline_messages_are_kept_as_a_broker_restart_keeps_them(
     await shopper.order([("fan-silk", 1)])
     vhost = vhost_of(services.settings.amqp_url)
     delay_queue = services.timeout_queues.delay_queue
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while True:
-        listed = await loop.run_in_executor(None, list_queues, vhost)
+
+    async def delay_queue_row() -> tuple[str, str] | None:
+        listed = await asyncio.get_running_loop().run_in_executor(None, list_queues, vhost)
         durable, persistent = listed.get(delay_queue, ("false", "0"))
-        if int(persistent) >= 1:
-            break
-        assert loop.time() < deadline, f"no persistent message in {delay_queue}: {listed}"
-        await asyncio.sleep(0.2)
+        return (durable, persistent) if int(persistent) >= 1 else None
+
+    durable, _ = await eventually(delay_queue_row, every=0.2,
+                                  message=f"a persistent message in {delay_queue} (durable, persistent)")
     assert durable == "true"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,6 +15,7 @@ from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail,
 from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.gateway.wxpay_v2.client import Merchant, WxPayClient
 from tests.support.shopper import Shopper
+from tests.support.waiting import eventually
 
 MERCHANT = Merchant(settings_mod.SANDBOX_APPID, settings_mod.SANDBOX_MCH_ID, settings_mod.SANDBOX_KEY)
 
@@ -183,11 +184,13 @@ async def test_notify_knobs_twice_and_drop(shopper: Shopper, services: Services)
         status, _ = await shopper.request("POST", "/sandbox/wxpay/pay",
                                           {"code_url": native["code_url"], "notify": knobs})
         assert status == 200
-    for _ in range(50):
+
+    async def trade_notified_twice() -> dict[str, Any] | None:
         _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{twice['id']}")
-        if len(trade["notify_replies"]) == 2:
-            break
-        await asyncio.sleep(0.05)
+        return trade if len(trade["notify_replies"]) == 2 else None
+
+    trade = await eventually(trade_notified_twice, message="both copies of the notify answered", within=5,
+                             every=0.05)
     assert trade["notify_replies"] == ["SUCCESS", "SUCCESS"]
     assert (await shopper.get_order(twice["id"]))["status"] == "paid"
     doc = await services.store.orders.find_one({"_id": twice["id"]})
