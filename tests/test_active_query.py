@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.pages import Page
 from tests.support.shopper import Shopper
 from tests.support.sockets import PageSocket
-from tests.test_push_hub import Page
 
 
 @pytest.fixture
