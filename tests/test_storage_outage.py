@@ -65,7 +65,12 @@ async def test_simulator_retries_on_wechats_schedule_until_storage_is_back(
     await in_thread(private_mongo.stop)
     status, _ = await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"]})
     assert status == 200
-    await asyncio.sleep(1.0)  # several scheduled attempts fail meanwhile (speed x1000)
+
+    async def refused_twice() -> bool:  # WeChat's schedule runs x1000 here: seconds, not hours
+        _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
+        return trade["notify_replies"].count("FAIL") >= 2
+
+    await eventually(refused_twice, message="two scheduled notify attempts answered FAIL while storage is down")
     await in_thread(private_mongo.start)
 
     async def trade_acknowledged() -> dict[str, Any] | None:
