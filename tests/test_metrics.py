@@ -50,7 +50,7 @@ async def test_metrics_follow_a_payment(shopper: Shopper, base_url: str) -> None
     assert sample(text, "paypush_pushes_total") == 2  # the state, then paid
     assert sample(text, "paypush_push_latency_seconds_count") == 1
     assert sample(text, "paypush_outbox_backlog") == 0
-    assert sample(text, "paypush_rabbitmq_reconnects") >= 0
+    assert sample(text, "paypush_rabbitmq_reconnects") == 0  # nothing cut this test's link
     assert "paypush_timeout_outcomes" in text
 
 
