@@ -7,6 +7,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+import tornado.httpserver
+import tornado.netutil
 import tornado.web
 
 import settings as settings_mod
@@ -163,8 +165,10 @@ class ForgedWeChat(tornado.web.RequestHandler):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_client_refuses_answers_it_cannot_verify_and_dead_endpoints(wx) -> None:  # type: ignore[no-untyped-def]
-    server = tornado.web.Application([(r"/pay/unifiedorder", ForgedWeChat)]).listen(0, "127.0.0.1")
-    port = next(iter(server._sockets.values())).getsockname()[1]
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/pay/unifiedorder", ForgedWeChat)]))
+    server.add_sockets(sockets)
     try:
         with pytest.raises(WxPayBadResponse):
             await unified(wx(api_base=f"http://127.0.0.1:{port}"), "T7")
