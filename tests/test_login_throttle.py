@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from multidict import CIMultiDictProxy
 
+from tests.support.metrics import sample
 from tests.support.shopper import XSRF_META, Shopper
-from tests.test_metrics import sample
 
 PROXY = {"trusted_proxies": (ipaddress.ip_network("127.0.0.1/32"),)}
 # Most tests look at the failure budgets, not at the process-wide check rate.

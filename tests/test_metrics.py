@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import re
 import urllib.error
 import urllib.request
 import uuid
@@ -12,18 +11,12 @@ from pathlib import Path
 import pytest
 
 from server.infra.embedded_mongo import free_port
+from tests.support.metrics import sample
 from tests.support.notify_client import post_notify, signed_notify
 from tests.support.processes import ServerProcess, base_env
 from tests.support.shopper import Shopper
 from tests.support.sockets import PageSocket
 from tests.support.waiting import eventually
-
-
-def sample(text: str, name: str, labels: str = "") -> float:
-    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
-    match = re.search("^" + pattern + "$", text, re.M)
-    assert match, f"{name}{{{labels}}} missing from /metrics"
-    return float(match.group(1))
 
 
 @pytest.mark.gen_test(timeout=30)

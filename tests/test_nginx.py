@@ -5,7 +5,6 @@ and a SIGTERM to its process sends it to the other without a missed event."""
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from server.infra.embedded_mongo import free_port
+from tests.support.metrics import sample
 from tests.support.notify_client import post_notify, signed_notify
 from tests.support.processes import ROOT, ServerProcess, base_env, wait_http
 from tests.support.shopper import Shopper
@@ -26,7 +26,7 @@ from tests.support.sockets import PageSocket
 def open_sockets(server: ServerProcess) -> int:
     with urllib.request.urlopen(server.base_url + "/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return int(float(re.search(r"^paypush_open_sockets (\S+)$", text, re.M).group(1)))  # type: ignore[union-attr]
+    return int(sample(text, "paypush_open_sockets"))
 
 
 @pytest.fixture
