@@ -19,6 +19,7 @@ FULL = [
     ["push_latency.py", "--sockets", "10000", "--rate", "100", "--seconds", "20", "--notify-to", "other"],
     ["notify_throughput.py"],
     ["timeout_sweep.py", "--orders", "1000"],
+    ["keep_alive_spread.py", "--sizes", "20,1000,10000"],
 ]
 QUICK = [
     ["waiting_browsers.py", "--sizes", "200,1000"],
@@ -26,6 +27,7 @@ QUICK = [
     ["push_latency.py", "--sockets", "1000", "--rate", "50", "--seconds", "5", "--notify-to", "other"],
     ["notify_throughput.py", "--levels", "1,8,32", "--seconds", "3"],
     ["timeout_sweep.py", "--orders", "200", "--timeout", "10"],
+    ["keep_alive_spread.py", "--sizes", "20,1000"],
 ]
 
 

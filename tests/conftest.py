@@ -18,8 +18,8 @@ import settings as settings_mod
 from server.composition.container import Services, open_services
 from server.composition.web import make_app
 from server.infra.embedded_mongo import EmbeddedMongo
-from tests.shopper import Shopper
-from tests.stomp import BrowserUser, prepare_broker
+from tests.support.shopper import Shopper
+from tests.support.stomp import BrowserUser, prepare_broker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import collections
+import functools
 import random
 import time
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 
 from server.composition.container import Services
-from tests.rabbit import close_connections_on, vhost_of
-from tests.shopper import Shopper
-from tests.timeout_helpers import SETTINGS, log_kinds, stock_total, trade
+from tests.support.rabbit import close_connections_on, vhost_of
+from tests.support.shopper import Shopper
+from tests.support.timeout_helpers import SETTINGS, log_kinds, stock_total, trade
+from tests.support.waiting import eventually
 
 ORDERS = 200
 MIX = ("pay", "no_pay", "duplicate_notify", "dropped_notify", "pay_during_close")
@@ -58,6 +60,9 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
 
     vhost = vhost_of(services.settings.amqp_url)
 
+    def reconnected_since(before: int) -> bool:
+        return services.bus.reconnects != before
+
     async def chaos_monkey(stop: asyncio.Event) -> int:
         """Kills this run's own connections (the broker is shared) and proves
         each kill: paypush must have reconnected before the next one."""
@@ -67,10 +72,8 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
             reconnects = services.bus.reconnects
             closed = await loop.run_in_executor(None, close_connections_on, vhost, "chaos")
             assert closed >= 1, f"no connection of paypush's found on vhost {vhost}"
-            deadline = time.monotonic() + 30
-            while services.bus.reconnects == reconnects:
-                assert time.monotonic() < deadline, "a killed connection was never noticed by paypush"
-                await asyncio.sleep(0.1)
+            await eventually(functools.partial(reconnected_since, reconnects), within=30,
+                             message="paypush noticed the killed connection and reconnected")
             kills += 1
         return kills
 
@@ -82,12 +85,13 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
     kills = await monkey
 
     ids = [o["id"] for _, o in results]
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if await services.store.orders.count_documents({"_id": {"$in": ids}, "status": "unpaid"}) == 0 and \
-                await services.events.backlog() == 0:
-            break
-        await asyncio.sleep(0.5)
+
+    async def all_settled_and_published() -> bool:
+        return await services.store.orders.count_documents({"_id": {"$in": ids}, "status": "unpaid"}) == 0 and \
+            await services.events.backlog() == 0
+
+    await eventually(all_settled_and_published, within=120, every=0.5,
+                     message="every chaos order paid or closed, and every event published")
 
     finals: collections.Counter[str] = collections.Counter()
     for kind, order in results:
@@ -101,11 +105,9 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
             assert wechat["trade_state"] == "SUCCESS"
             assert "closed" not in kinds or doc.get("compensated"), kinds
             if kind != "dropped_notify":
-                for _ in range(50):  # the notify may still be on its way
-                    if wechat["notify_replies"]:
-                        break
-                    await asyncio.sleep(0.1)
-                    wechat = await trade(shopper, order["id"])
+                wechat = await eventually(  # the notify may still be on its way
+                    functools.partial(notified, shopper, order["id"]), within=5,
+                    message=f"WeChat's notify for paid order {order['id']} answered")
                 # Every notify WeChat sent for a paid order was answered SUCCESS.
                 assert wechat["notify_replies"] and set(wechat["notify_replies"]) == {"SUCCESS"}, wechat
         else:
@@ -117,6 +119,12 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
     assert await stock_total(services) == before
     for sku in await services.store.skus.find({}).to_list(None):
         assert not any(oid in sku.get("holds", {}) for oid in ids)
+
+
+async def notified(shopper: Shopper, order_id: str) -> dict[str, Any] | None:
+    """The simulator's trade once it has had an answer to its notify."""
+    wechat = await trade(shopper, order_id)
+    return wechat if wechat["notify_replies"] else None
 
 
 def order_deadline(order: dict[str, Any]) -> float:

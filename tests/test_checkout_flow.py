@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import pytest
 
 from server.composition.container import Services
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
+from tests.support.waiting import eventually
 
 
-async def wait_for_status(shopper: Shopper, order_id: str, status: str, within: float = 10) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
+async def paid(shopper: Shopper, order_id: str) -> dict[str, Any]:
+    async def order_if_paid() -> dict[str, Any] | None:
         order = await shopper.get_order(order_id)
-        if order["status"] == status or asyncio.get_running_loop().time() > deadline:
-            return order
-        await asyncio.sleep(0.05)
+        return order if order["status"] == "paid" else None
+
+    return await eventually(order_if_paid, message=f"order {order_id} paid", within=10, every=0.05)
 
 
 async def stock(services: Services, sku_id: str) -> int:
@@ -51,20 +50,19 @@ async def test_order_scan_pay_notify_paid(shopper: Shopper, services: Services, 
 
     status, trade = await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"]})
     assert status == 200, trade
-    paid = await wait_for_status(shopper, order["id"], "paid")
-    assert paid["status"] == "paid"
-    assert paid["transaction_id"] == trade["transaction_id"]
-    assert paid["pay_time"]
-    assert [e["kind"] for e in paid["logs"]].count("paid") == 1
+    recorded = await paid(shopper, order["id"])
+    assert recorded["transaction_id"] == trade["transaction_id"]
+    assert recorded["pay_time"]
+    assert [e["kind"] for e in recorded["logs"]].count("paid") == 1
     # The sale keeps the stock taken, and the holds are settled.
     assert await stock(services, "tea-longjing") == tea_before - 1
     assert await stock(services, "mug-celadon") == mug_before - 2
-    for _ in range(50):  # settling the holds happens just after the reply
+
+    async def hold_settled() -> bool:  # settling the holds happens just after the reply
         sku = await services.store.skus.find_one({"_id": "mug-celadon"})
-        if order["id"] not in sku["holds"]:
-            break
-        await asyncio.sleep(0.05)
-    assert order["id"] not in sku["holds"]
+        return sku is not None and order["id"] not in sku["holds"]
+
+    await eventually(hold_settled, message="the order's mug hold settled into a sale", within=5, every=0.05)
     # WeChat read SUCCESS on its first try.
     _, seen = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
     assert seen["notify_replies"] == ["SUCCESS"]
@@ -85,7 +83,7 @@ async def test_pages_walk_from_shop_to_success(shopper: Shopper) -> None:
     assert status == 200 and "¥25.00" in phone
     status, phone = await shopper.request("POST", "/sandbox/wxpay/phone", data={"code_url": native["code_url"]})
     assert status == 200 and 'id="paid"' in phone
-    assert (await wait_for_status(shopper, order["id"], "paid"))["status"] == "paid"
+    await paid(shopper, order["id"])
     status, page = await shopper.request("GET", "/paysuccess.html?money=25.00")
     assert status == 200 and "¥25.00" in page
     status, page = await shopper.request("GET", "/paysuccess.html?money=<script>")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server.infra.embedded_mongo import free_port
-from tests.processes import ROOT, ServerProcess, base_env, wait_http
+from tests.support.processes import ROOT, ServerProcess, base_env, wait_http
 
 
 def paypush(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -67,8 +67,8 @@ def test_create_user_then_serve_then_create_user_while_serving(env: dict[str, st
 
 @pytest.mark.gen_test(timeout=60)
 async def test_json_logs_one_object_per_line_and_no_secrets(env: dict[str, str]) -> None:
-    from tests.notify_client import post_notify
-    from tests.shopper import Shopper
+    from tests.support.notify_client import post_notify
+    from tests.support.shopper import Shopper
 
     # Sandbox mode takes no merchant key (the simulator would hold it): the
     # key's turn is test_merchant_secrets_stay_out_of_the_logs_outside_sandbox.
@@ -102,7 +102,7 @@ MERCHANT = {"WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109", "
 async def test_merchant_secrets_stay_out_of_the_logs_outside_sandbox(env: dict[str, str], amqp_url: str) -> None:
     """A production-shaped configuration passes every start-up rule, and serves."""
     from server.gateway.wxpay_v2 import signing, xmlcodec
-    from tests.notify_client import notify_fields, post_notify
+    from tests.support.notify_client import notify_fields, post_notify
 
     secrets = {**MERCHANT, "COOKIE_SECRET": "c00kie-" + "z" * 30, "STOMP_PASSCODE": "st0mp-" + "p" * 20}
     server = ServerProcess({**env, **secrets, "AMQP_URL": amqp_url, "PUBLIC_URL": "https://shop.example.com",

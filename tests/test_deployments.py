@@ -16,7 +16,7 @@ from server.composition.container import Services, open_services
 from server.domain.orders import Line
 from server.infra.timeout_queues import TimeoutQueues
 from settings import ConfigError, from_environ
-from tests.timeout_helpers import eventually
+from tests.support.waiting import eventually
 
 ORDERS = 8
 
@@ -65,8 +65,8 @@ async def test_deployments_on_the_same_queue_names_pass_each_other_deadlines_on(
     other = await other_deployment(services, mongo_url)
     try:
         mine, theirs = await place(services), await place(other)
-        await eventually(all_closed(services, mine), within=40)
-        await eventually(all_closed(other, theirs), within=40)
+        await eventually(all_closed(services, mine), message="the first deployment's orders closed", within=40)
+        await eventually(all_closed(other, theirs), message="the second deployment's orders closed", within=40)
         assert services.timeout_stats["foreign"] + other.timeout_stats["foreign"] >= 1  # they did meet
     finally:
         await close(other)
@@ -82,8 +82,8 @@ async def test_a_deployment_with_its_own_name_has_its_own_deadline_queues(
         assert other.timeout_queues.timeout_queue == f"queue.ordertimeout.{name}"
         assert services.timeout_queues.timeout_queue == "queue.ordertimeout"  # the default keeps DESIGN's names
         mine, theirs = await place(services), await place(other)
-        await eventually(all_closed(services, mine), within=30)
-        await eventually(all_closed(other, theirs), within=30)
+        await eventually(all_closed(services, mine), message="the default deployment's orders closed", within=30)
+        await eventually(all_closed(other, theirs), message=f"deployment {name}'s orders closed", within=30)
         assert other.timeout_stats["foreign"] == 0  # nothing of the first deployment ever reached it
         assert other.timeout_stats["received"] >= ORDERS
     finally:

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,8 @@ from typing import Any
 from pymongo import MongoClient
 
 from server.infra.embedded_mongo import EmbeddedMongo, _serving_port, _serving_port_ps, free_port
-from tests.processes import ROOT, ServerProcess, base_env, wait_http
+from tests.support.processes import ROOT, ServerProcess, base_env, wait_http
+from tests.support.waiting import eventually_blocking
 
 
 def paypush(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -42,6 +42,11 @@ def client(url: str) -> MongoClient[dict[str, Any]]:
     return MongoClient(url, serverSelectionTimeoutMS=2000)
 
 
+def unhealthy(base_url: str) -> tuple[int, dict[str, Any]] | None:
+    health = healthz(base_url)
+    return health if health[0] != 200 else None
+
+
 def answers(url: str) -> bool:
     with client(url) as c:
         return bool(c.admin.command("ping")["ok"] == 1)
@@ -59,9 +64,8 @@ def test_killed_embedded_mongodb_fails_liveness_and_its_leftovers_block_nothing(
         # Not reaped yet, the dead server's pid still looks alive to nx-27017's own pid-file check.
         made = paypush("create-user", "zed", "--password", "zed-pass-123", env=env)
         assert made.returncode == 0, made.stderr
-        deadline = time.monotonic() + 15
-        while (health := healthz(server.base_url))[0] == 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        health = eventually_blocking(lambda: unhealthy(server.base_url), within=15,
+                                     message="/healthz no longer answering 200 after the kill")
         assert health == (503, {"status": "down", "reason": f"embedded MongoDB (pid {pid}) exited with -9"})
     finally:
         returncode = server.stop()

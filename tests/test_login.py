@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -16,8 +16,8 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from server.composition.container import Services
-from tests.shopper import XSRF_META, Shopper
-from tests.test_metrics import sample
+from tests.support.metrics import sample
+from tests.support.shopper import XSRF_META, Shopper
 
 PROXY = {"trusted_proxies": (ipaddress.ip_network("127.0.0.1/32"),)}
 # Most tests look at the failure budgets, not at the process-wide check rate.

@@ -11,8 +11,9 @@ import pytest
 
 from server.composition.container import Services
 from server.gateway.wxpay_v2 import signing, xmlcodec
-from tests.notify_client import coupon_fields, notify_fields, post_notify, signed_notify
-from tests.shopper import Shopper
+from tests.support.notify_client import coupon_fields, notify_fields, post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.waiting import eventually
 
 SUCCESS_REPLY = (b"<xml><return_code><![CDATA[SUCCESS]]></return_code>"
                  b"<return_msg><![CDATA[OK]]></return_msg></xml>")
@@ -310,11 +311,12 @@ async def test_simulated_wechat_notify_without_sign_type_and_with_coupons(extra_
     status, _ = await shopper.request("POST", "/sandbox/wxpay/pay", {
         "code_url": native["code_url"], "notify": {"coupons": 3, "omit_sign_type": True}})
     assert status == 200
-    for _ in range(100):
+
+    async def answered_trade() -> dict[str, Any] | None:
         _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
-        if trade["notify_replies"]:
-            break
-        await asyncio.sleep(0.05)
+        return trade if trade["notify_replies"] else None
+
+    trade = await eventually(answered_trade, message="the simulator's notify answered", within=5, every=0.05)
     assert trade["notify_replies"][:1] == ["SUCCESS"]
     paid = await shopper.get_order(order["id"])
     assert paid["status"] == "paid" and paid["transaction_id"] == trade["transaction_id"]

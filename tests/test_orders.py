@@ -8,8 +8,8 @@ import re
 import pytest
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
 
 # For the tests that race many orders of one shopper against the stock.
 NO_UNPAID_CAP = {"max_unpaid_orders_per_user": 1000}

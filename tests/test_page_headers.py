@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
 
 STOMP = "wss://stomp.shop.example:15673/ws"
 

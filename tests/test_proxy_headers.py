@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import ServerProcess, base_env
-from tests.shopper import Shopper
+from tests.support.processes import ServerProcess, base_env
+from tests.support.shopper import Shopper
 
 SPOOF = {"X-Real-IP": "203.0.113.7", "X-Forwarded-For": "198.51.100.8"}
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from server.composition.container import Services, open_services
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.tcp_proxy import TcpProxy
-from tests.test_push_bus import wait_until
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ async def test_page_on_a_process_cut_off_from_rabbitmq_hears_the_final_state(
         assert await sock.next() == {"type": "status", "order_id": order["id"], "status": "unpaid",
                                      "total_fee": order["pay_money"]}
         await rabbit_proxy.cut()
-        await wait_until(lambda: not services.bus.is_open)
+        await eventually(lambda: not services.bus.is_open, message="paypush sees its RabbitMQ link cut")
 
         if final == "paid":
             won, _ = await elsewhere.orders.mark_paid(order["id"], "4200000000202611280000000042", time.time(),

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.processes import ServerProcess, base_env
-from tests.rabbit import close_connections_on, vhost_of
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.processes import ServerProcess, base_env
+from tests.support.rabbit import close_connections_on, vhost_of
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket, events_before_control
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -45,13 +46,6 @@ async def test_notify_on_a_reaches_the_browser_on_b(two_servers: tuple[ServerPro
         await shopper.close()
 
 
-async def wait_until(predicate, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.gen_test(timeout=60)
 async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
         shopper: Shopper, base_url: str, services: Services) -> None:
@@ -62,10 +56,13 @@ async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
     closed = await asyncio.get_running_loop().run_in_executor(
         None, close_connections_on, vhost_of(services.settings.amqp_url))
     assert closed >= 1
-    await wait_until(lambda: services.bus.reconnects > reconnects and services.bus.is_open)
-    await asyncio.sleep(0.5)  # the bridge's queue, binding and consumer are restored after the channel
+    await eventually(lambda: services.bus.reconnects > reconnects and services.bus.is_open,
+                     message="paypush reconnected to RabbitMQ")
+    # The bridge's queue, binding and consumer are restored after the channel:
+    # the bridge is back once a control event comes through it.
+    assert await events_before_control(sock, services, order["id"]) == []
     # Published by hand, so that only the bridge can bring it to the page (a
     # notify on this process would also be handed to the socket directly).
     paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
     await services.bus.publish_json(services.push_tokens.routing_key(order["id"]), paid)
-    assert await sock.next(within=10) == paid
+    assert await sock.next(within=10, skip_controls=True) == paid

@@ -8,28 +8,12 @@ from typing import Any
 import pytest
 
 from server.push.hub import QUEUE_SIZE, PushHub, Subscriber
+from tests.support.pages import Page, PingBursts
+from tests.support.waiting import eventually
 
-
-class Page:
-    """A socket's two ends as the hub sees them: send (maybe stuck) and close."""
-
-    def __init__(self, stuck: bool = False):
-        self.received: list[dict[str, Any]] = []
-        self.closed: tuple[int, str] | None = None
-        self.pings = 0
-        self._gate = asyncio.Event()
-        if not stuck:
-            self._gate.set()
-
-    async def send_event(self, event: dict[str, Any]) -> None:
-        await self._gate.wait()  # a stuck page never drains its TCP buffer
-        self.received.append(event)
-
-    def close_from_hub(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def ping_peer(self) -> None:
-        self.pings += 1
+# Not a status the hub knows, so always news: a control event that shows a
+# page's queue has been worked through up to the point where it was sent.
+MARKER = {"type": "control", "status": "control-marker"}
 
 
 def event(n: int, status: str = "unpaid") -> dict[str, Any]:
@@ -50,10 +34,10 @@ async def test_a_stuck_page_is_disconnected_and_the_others_get_everything() -> N
     total = QUEUE_SIZE + 5
     for n in range(1, total + 1):
         hub.dispatch("tok", event(n))
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.05)
-    assert stuck.closed == (1013, "too slow")
-    assert [e["status"] for e in healthy.received] == [f"unpaid{n}" for n in range(total + 1)]
+        await asyncio.sleep(0)  # a turn of the loop between events, as when they arrive from the network
+    assert stuck.closed == (1013, "too slow")  # decided inside dispatch, when its queue overflowed
+    await eventually(lambda: len(healthy.received) == total + 1, message="every event written to the healthy page")
+    assert healthy.statuses() == [f"unpaid{n}" for n in range(total + 1)]
     assert healthy.closed is None
     hub.close_all()
     stuck_start.cancel()
@@ -69,8 +53,10 @@ async def test_repeats_of_a_known_status_are_not_sent_again() -> None:
     hub.dispatch("tok", {"status": "paid"})  # arrives while the state is being read
     await sub.start({"status": "paid"})
     hub.dispatch("tok", {"status": "paid"})
-    await asyncio.sleep(0.05)
-    assert page.received == [{"status": "paid"}]
+    # A control sent after the repeat: once it is through, so is anything sent before it.
+    hub.dispatch("tok", MARKER)
+    await eventually(lambda: MARKER in page.received, message="the control event written to the page")
+    assert page.received == [{"status": "paid"}, MARKER]
     hub.close_all()
     await asyncio.sleep(0)
 
@@ -92,32 +78,40 @@ def test_per_user_cap_and_bookkeeping() -> None:
 @pytest.mark.gen_test(timeout=10)
 async def test_keep_alive_pings_the_live_and_closes_the_silent() -> None:
     hub = PushHub(8)
-    live, dead = Page(), Page()
-    subs = [Subscriber("u", "o1", "a", live), Subscriber("u", "o2", "b", dead)]
+    live, dead = Page(), Page(answers=False)
+    subs = [live.subscriber("u", "o1", "a"), dead.subscriber("u", "o2", "b")]
     for s in subs:
         hub.subscribe(s)
     subs[1].last_seen -= 60  # no pong for a minute
     task = asyncio.get_running_loop().create_task(hub.keep_alive(0.05, tick=0.01))
-    await asyncio.sleep(0.08)
-    task.cancel()
-    assert live.pings >= 1 and live.closed is None
-    assert dead.closed == (1001, "ping timeout")
+    try:
+        # A second round's ping: the live page was kept after the silent one was closed.
+        await eventually(lambda: dead.closed is not None and live.pings >= 2, every=0.01,
+                         message="the silent page closed and the live one pinged in two rounds")
+    finally:
+        task.cancel()
+    assert live.closed is None
+    assert dead.closed == (1001, "ping timeout") and dead.pings == 0
     assert len(hub) == 1
 
 
 @pytest.mark.gen_test(timeout=10)
 async def test_keep_alive_spreads_its_pings_over_the_interval() -> None:
+    """A round pings a few sockets per tick, not all at once, and each socket
+    once. (How the ticks fall in time is measured by bench/keep_alive_spread.py.)"""
     hub = PushHub(100)
-    pages = [Page() for _ in range(20)]
+    bursts = PingBursts()
+    pages = [Page(on_ping=bursts) for _ in range(20)]
     for i, page in enumerate(pages):
-        hub.subscribe(Subscriber("u", f"o{i}", f"t{i}", page))
+        hub.subscribe(page.subscriber("u", f"o{i}", f"t{i}"))
     task = asyncio.get_running_loop().create_task(hub.keep_alive(0.25, tick=0.05))  # 5 ticks of 4 pings
-    await asyncio.sleep(0.075)
-    early = sum(p.pings for p in pages)
-    await asyncio.sleep(0.2)
-    task.cancel()
-    assert 0 < early < 20, "a round pings a few sockets per tick, not all at once"
-    assert [p.pings for p in pages] == [1] * 20
+    try:
+        await eventually(lambda: bursts.total() >= 20, every=0.01, message="a whole round of pings")
+    finally:
+        task.cancel()
+    first_round = bursts.bursts[:5]
+    assert [len(b) for b in first_round] == [4] * 5
+    assert sorted(pages.index(p) for b in first_round for p in b) == list(range(20))  # each socket once
     hub.close_all()
 
 
@@ -133,8 +127,9 @@ async def test_only_progress_reaches_the_page() -> None:
     await sub.start({"status": "unpaid"})
     for status in ("closed", "unpaid", "paid", "closed", "paid", "unpaid"):
         hub.dispatch("tok", {"status": status})
-    await asyncio.sleep(0.05)
-    assert [e["status"] for e in page.received] == ["unpaid", "closed", "paid"]
+    hub.dispatch("tok", MARKER)  # sent last: once it is through, so is everything before it
+    await eventually(lambda: MARKER in page.received, message="the control event written to the page")
+    assert page.statuses() == ["unpaid", "closed", "paid", MARKER["status"]]
     hub.close_all()
 
 
@@ -168,7 +163,7 @@ async def test_a_page_found_closed_while_dispatching_does_not_disturb_the_others
         hub.subscribe(sub)
         await sub.start({"status": "unpaid"})
     assert hub.dispatch("tok", {"status": "paid"}) == 2
-    await asyncio.sleep(0.01)
-    assert [e["status"] for e in healthy.received] == ["unpaid", "paid"]
+    await eventually(lambda: len(healthy.received) == 2, message="paid written to the healthy page")
+    assert healthy.statuses() == ["unpaid", "paid"]
     assert len(hub) == 1
     hub.close_all()

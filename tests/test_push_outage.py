@@ -4,18 +4,17 @@ goes out on RabbitMQ (to pages elsewhere) when the broker is reachable again."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import aio_pika
 import pytest
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.tcp_proxy import TcpProxy
-from tests.test_push_bus import wait_until
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket, events_before_control
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ async def test_payment_recorded_while_rabbitmq_is_unreachable_is_pushed_when_it_
     queue = await channel.declare_queue(exclusive=True)
     await queue.bind("paynotify", routing_key=services.push_tokens.routing_key(order["id"]))
     await rabbit_proxy.cut()
-    await wait_until(lambda: not services.bus.is_open)
+    await eventually(lambda: not services.bus.is_open, message="paypush sees its RabbitMQ link cut")
 
     status, reply = await post_notify(base_url, signed_notify(order))
     assert (status, reply["return_code"]) == (200, "SUCCESS")  # the database is the record
@@ -54,18 +53,14 @@ async def test_payment_recorded_while_rabbitmq_is_unreachable_is_pushed_when_it_
     assert await queue.get(fail=False) is None
 
     await rabbit_proxy.restore()
-    message = None
-    for _ in range(100):
-        message = await queue.get(fail=False, no_ack=True)
-        if message is not None:
-            break
-        await asyncio.sleep(0.2)
-    assert message is not None and b'"paid"' in message.body
+    message = await eventually(lambda: queue.get(fail=False, no_ack=True),
+                               message="the payment's event on RabbitMQ once it is reachable again")
+    assert b'"paid"' in message.body
     await elsewhere.close()
-    assert await sock.nothing_for(1.0), "the bridge's copy is a repeat, not news"
-    for _ in range(100):  # the outbox drainer publishes it within a second or two
-        if await services.events.backlog() == 0:
-            break
-        await asyncio.sleep(0.2)
-    assert await services.events.backlog() == 0
+    assert await events_before_control(sock, services, order["id"]) == [], "the bridge's copy is a repeat, not news"
+
+    async def outbox_empty() -> bool:
+        return await services.events.backlog() == 0
+
+    await eventually(outbox_empty, message="the outbox entry cleared once its publish was confirmed")
     assert services.events.published >= 1

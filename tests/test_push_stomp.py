@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
-from tests.stomp import BrowserUser, StompSession
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.stomp import BrowserUser, StompSession
 
 
 @pytest.fixture

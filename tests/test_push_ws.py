@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import tornado.httpclient
 
 from server.composition.container import Services
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket, events_before_control
+from tests.support.waiting import eventually
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_owner_gets_status_then_paid_and_a_repeat_sends_nothing(shopper: Shopper, base_url: str) -> None:
+async def test_owner_gets_status_then_paid_and_a_repeat_sends_nothing(shopper: Shopper, base_url: str,
+                                                                      services: Services) -> None:
     order = await shopper.order([("mug-celadon", 1)])
     sock = await PageSocket.open(base_url, order["id"], shopper)
     first = await sock.next()
@@ -24,17 +24,19 @@ async def test_owner_gets_status_then_paid_and_a_repeat_sends_nothing(shopper: S
     assert await sock.next() == {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": 3900}
     _status, reply = await post_notify(base_url, signed_notify(order))
     assert reply["return_code"] == "SUCCESS"
-    assert await sock.nothing_for(0.5)
+    # Neither the repeat nor RabbitMQ's copy of the first is news to the page.
+    assert await events_before_control(sock, services, order["id"]) == []
     sock.close()
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_socket_opened_after_payment_gets_paid_at_once(shopper: Shopper, base_url: str) -> None:
+async def test_socket_opened_after_payment_gets_paid_at_once(shopper: Shopper, base_url: str,
+                                                             services: Services) -> None:
     order = await shopper.order([("fan-silk", 2)])
     await post_notify(base_url, signed_notify(order))
     sock = await PageSocket.open(base_url, order["id"], shopper)
     assert await sock.next() == {"type": "status", "order_id": order["id"], "status": "paid", "total_fee": 5000}
-    assert await sock.nothing_for(0.3)
+    assert await events_before_control(sock, services, order["id"]) == []  # RabbitMQ's copy is no news
     sock.close()
 
 
@@ -72,8 +74,7 @@ async def test_malformed_frames_get_a_clean_close(frame: str | bytes, code: int,
     await sock.conn.write_message(frame, binary=isinstance(frame, bytes))
     assert await sock.next() is None
     assert sock.close_code == code
-    await asyncio.sleep(0.05)
-    assert len(services.hub) == 0
+    await eventually(lambda: len(services.hub) == 0, message="the closed socket gone from the hub")
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -92,7 +93,7 @@ def extra_settings() -> dict[str, object]:
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str) -> None:
+async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str, services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
     socks = [await PageSocket.open(base_url, order["id"], shopper) for _ in range(2)]
     for s in socks:
@@ -100,7 +101,7 @@ async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str) -> N
     third = await PageSocket.open(base_url, order["id"], shopper)
     assert await third.next() is None and third.close_code == 4429
     socks[0].close()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: services.hub.can_open("demo"), message="the closed socket's place freed")
     fourth = await PageSocket.open(base_url, order["id"], shopper)
     assert (await fourth.next())["type"] == "status"
 

@@ -20,11 +20,12 @@ from pymongo import MongoClient
 from server.composition.container import Services, open_services
 from server.domain.orders import Line
 from server.infra.timeout_queues import DEPLOYMENT_HEADER
-from tests.notify_client import signed_notify
-from tests.processes import ServerProcess, base_env
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.tcp_proxy import TcpProxy
+from tests.support.notify_client import signed_notify
+from tests.support.processes import ServerProcess, base_env
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import eventually
 
 ORDERS = 120
 OVERDUE = 1500
@@ -61,7 +62,9 @@ async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: st
             return await notify(server.base_url, order)
 
         traffic = asyncio.gather(*(staggered(i, o) for i, o in enumerate(orders)))
-        await asyncio.sleep(0.4)
+        # Mid-traffic: some notifies recorded, most still to come (they are spread over 1.2 s).
+        await eventually(lambda: db.orders.count_documents({"status": "paid"}) >= 10, every=0.02,
+                         message="the first notifies recorded")
         server.send(signal.SIGTERM)
         replies = await traffic
         # Orchestrators kill after a grace period: the process must be gone
@@ -86,10 +89,8 @@ async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: st
     try:
         retried = await asyncio.gather(*(notify(again.base_url, o) for o in orders))
         assert set(retried) == {"SUCCESS"}
-        for _ in range(100):
-            if db.orders.count_documents({"pending_event": {"$exists": True}}) == 0:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: db.orders.count_documents({"pending_event": {"$exists": True}}) == 0,
+                         within=10, message="every order's event published (outbox empty)")
     finally:
         assert again.stop() == 0, again.output
     assert db.orders.count_documents({"status": "paid"}) == ORDERS
@@ -138,13 +139,6 @@ async def readiness(server: ServerProcess) -> dict:  # type: ignore[type-arg]
         return await resp.json()  # type: ignore[no-any-return]
 
 
-async def eventually(check, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 class Flapping:
     """The link to RabbitMQ up for a moment, then cut, over and over."""
 
@@ -178,7 +172,7 @@ async def test_sigterm_exits_within_10s_whatever_rabbitmq_does(
         await started(server)
         if broker == "down":  # connection refused, and the server knows it
             await proxy.cut()
-            await eventually(lambda: _rabbitmq_down(server))
+            await eventually(lambda: _rabbitmq_down(server), message="/readyz reports RabbitMQ down")
         elif broker == "black-holed":  # the connection looks fine and nothing answers
             proxy.stall()
         elif broker == "flapping":
@@ -187,7 +181,8 @@ async def test_sigterm_exits_within_10s_whatever_rabbitmq_does(
             async def reconnected() -> bool:
                 return (await metric(server, "paypush_rabbitmq_reconnects") or 0) >= 1
 
-            await eventually(reconnected, within=30)  # the link really went down and came back
+            await eventually(reconnected, within=30,  # the link really went down and came back
+                             message="paypush_rabbitmq_reconnects at 1 or more")
         code = await stopped_within_10s(server)
     finally:
         if flapping is not None:
@@ -229,7 +224,7 @@ async def test_no_order_is_closed_after_sigterm(tmp_path: Path, mongo_url: str, 
         async def sweeping() -> bool:
             return db.orders.count_documents({"status": "closed"}) > 0
 
-        await eventually(sweeping)
+        await eventually(sweeping, message="the sweeper closing overdue orders")
         code = await stopped_within_10s(server)
     finally:
         kill(server)
@@ -261,7 +256,7 @@ async def test_an_aborted_upload_does_not_hold_up_shutdown(http_server, http_por
     async def uploading() -> bool:
         return services.requests_in_flight == 1
 
-    await eventually(uploading)  # the server is reading the body
+    await eventually(uploading, message="the half-sent notify counted in flight")  # the server reads the body
     writer.close()
     await writer.wait_closed()
     assert await services.finish_in_flight(within=5.0) == 0  # nothing left running to cut off
@@ -285,7 +280,7 @@ async def test_a_deadline_arriving_after_sigterm_is_left_for_the_next_process(
         async def delivered_and_left() -> bool:
             return svc.timeout_stats["left_at_shutdown"] == 1
 
-        await eventually(delivered_and_left)
+        await eventually(delivered_and_left, message="the deadline message delivered and left unacked")
         assert (await svc.orders.get(order["_id"]) or {}).get("status") == "unpaid"
     finally:
         await svc.store.client.drop_database(cfg.mongo_db)

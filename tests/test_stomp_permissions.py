@@ -7,7 +7,6 @@ session's own vhost (not "/"), as the user deploy/rabbitmq-setup.sh made.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import uuid
@@ -20,7 +19,8 @@ import pytest
 from aio_pika.abc import AbstractExchange
 
 from server.push.tokens import PushTokens
-from tests.stomp import BrowserUser, StompSession, run_setup
+from tests.support.stomp import BrowserUser, StompSession, run_setup
+from tests.support.waiting import eventually
 
 TOKENS = PushTokens("test secret")
 WILDCARDS = ["#", "order.*", "order.#", "*.*", "order.*." + "a" * 32]
@@ -175,10 +175,8 @@ async def test_a_hoarding_queue_is_bounded_and_expires(stomp_user: BrowserUser, 
             await connection.close()
     # Unused from now on (listing queues does not count as use), it is deleted
     # after the policy's expires.
-    deadline = asyncio.get_running_loop().time() + 30
-    while any(line.startswith(f"{name} ") for line in queues(stomp_user.vhost)):
-        assert asyncio.get_running_loop().time() < deadline, f"{name} never expired"
-        await asyncio.sleep(0.5)
+    await eventually(lambda: not any(line.startswith(f"{name} ") for line in queues(stomp_user.vhost)),
+                     within=30, every=0.5, message=f"the unused queue {name} expired by the policy")
 
 
 async def try_connect(user: BrowserUser) -> StompSession | None:
@@ -208,10 +206,8 @@ async def test_connections_and_channels_are_capped(stomp_user: BrowserUser) -> N
         for s in opened:
             s.close()
     # The limit frees up again as pages leave (and the tests after this one need it).
-    deadline = asyncio.get_running_loop().time() + 30
-    while (session := await try_connect(stomp_user)) is None:
-        assert asyncio.get_running_loop().time() < deadline, "connections never freed"
-        await asyncio.sleep(0.2)
+    session = await eventually(lambda: try_connect(stomp_user), within=30, every=0.2,
+                               message="a STOMP connection accepted again once the others left")
     session.close()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.infra.embedded_mongo import EmbeddedMongo
-from tests.notify_client import post_notify, signed_notify
-from tests.shopper import Shopper
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.shopper import Shopper
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -63,13 +65,19 @@ async def test_simulator_retries_on_wechats_schedule_until_storage_is_back(
     await in_thread(private_mongo.stop)
     status, _ = await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"]})
     assert status == 200
-    await asyncio.sleep(1.0)  # several scheduled attempts fail meanwhile (speed x1000)
-    await in_thread(private_mongo.start)
-    for _ in range(100):
+
+    async def refused_twice() -> bool:  # WeChat's schedule runs x1000 here: seconds, not hours
         _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
-        if "SUCCESS" in trade["notify_replies"]:
-            break
-        await asyncio.sleep(0.2)
+        return trade["notify_replies"].count("FAIL") >= 2
+
+    await eventually(refused_twice, message="two scheduled notify attempts answered FAIL while storage is down")
+    await in_thread(private_mongo.start)
+
+    async def trade_acknowledged() -> dict[str, Any] | None:
+        _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
+        return trade if "SUCCESS" in trade["notify_replies"] else None
+
+    trade = await eventually(trade_acknowledged, message="a notify retry answered SUCCESS once storage is back")
     replies = trade["notify_replies"]
     assert replies[-1] == "SUCCESS" and "FAIL" in replies[:-1]
     paid = await shopper.get_order(order["id"])

@@ -6,22 +6,29 @@ import asyncio
 import random
 import subprocess
 import time
+import uuid
 
 import pytest
 
 from server.composition.container import Services
 from server.infra.timeout_queues import DELAY_QUEUE, TimeoutQueues
-from tests.notify_client import post_notify, signed_notify
-from tests.rabbit import close_connections_on, vhost_of
-from tests.shopper import Shopper
-from tests.sockets import PageSocket
-from tests.timeout_helpers import SETTINGS, final_order, log_kinds, stock_total, trade
+from tests.support.notify_client import post_notify, signed_notify
+from tests.support.rabbit import close_connections_on, vhost_of
+from tests.support.shopper import Shopper
+from tests.support.sockets import PageSocket
+from tests.support.timeout_helpers import SETTINGS, final_order, log_kinds, stock_total, trade
+from tests.support.waiting import eventually
 from workers.sweeper import sweep_once
 
 
 @pytest.fixture
 def extra_settings() -> dict[str, object]:
     return dict(SETTINGS)
+
+
+# Deadlines far off, in queues of their own: the messages these tests leave
+# behind expire where no later test's worker takes them.
+UNHURRIED = {**SETTINGS, "order_timeout_seconds": 120, "deployment": f"t{uuid.uuid4().hex[:8]}"}
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -80,11 +87,12 @@ async def test_closeorder_refused_as_too_young_is_retried_until_it_closes(
     assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
 
 
+# The race is driven by hand once every order has its QR; deadline messages
+# due at 2 s would close orders while the 50 QRs are still being asked for.
+@pytest.mark.parametrize("extra_settings", [UNHURRIED])
 @pytest.mark.gen_test(timeout=120)
-# Deadlines far off while the 50 orders and their QRs are made (seconds on a
-# loaded machine); the test then makes them all due at once itself.
-@pytest.mark.parametrize("extra_settings", [{**SETTINGS, "order_timeout_seconds": 600}])
-async def test_notify_and_timeout_racing_end_paid_xor_closed(shopper: Shopper, services: Services) -> None:
+async def test_notify_and_timeout_racing_end_paid_xor_closed(extra_settings: dict[str, object], shopper: Shopper,
+                                                             services: Services) -> None:
     before = await stock_total(services)
     rng = random.Random(7)
     orders = [await shopper.order([("tea-longjing", 1)]) for _ in range(50)]
@@ -174,9 +182,13 @@ async def test_changed_timeout_does_not_crash_on_the_existing_delay_queue(servic
     first = await TimeoutQueues.declare(services.bus, 1234, (1,))
     again = await TimeoutQueues.declare(services.bus, 1234, (1,))
     other = await TimeoutQueues.declare(services.bus, 4321, (1,))
-    assert first.delay_queue == again.delay_queue
-    assert other.delay_queue != first.delay_queue
-    assert DELAY_QUEUE in (first.delay_queue, other.delay_queue) or other.delay_queue.endswith("ttl4321000")
+    # The default name exists already (declared at start-up with this session's
+    # timeout, never 1234 s or 4321 s): each new TTL gets a sibling of its own.
+    channel = await services.bus.connection.channel()
+    await channel.declare_queue(DELAY_QUEUE, passive=True)
+    await channel.close()
+    assert first.delay_queue == again.delay_queue == f"{DELAY_QUEUE}.ttl1234000"
+    assert other.delay_queue == f"{DELAY_QUEUE}.ttl4321000"
     assert services.bus.is_open
 
 
@@ -188,16 +200,19 @@ def list_queues(vhost: str) -> dict[str, tuple[str, str]]:
     return {row[0]: (row[1], row[2]) for row in rows if len(row) == 3 and row[0] != "name"}
 
 
+# Queues of its own: what the worker has in flight is this order's message
+# and nothing another test left behind.
+@pytest.mark.parametrize("extra_settings", [{**SETTINGS, "deployment": f"r{uuid.uuid4().hex[:8]}"}])
 @pytest.mark.gen_test(timeout=90)
 async def test_connection_dropped_before_ack_redelivers_and_processes_once(
-        shopper: Shopper, services: Services) -> None:
+        extra_settings: dict[str, object], shopper: Shopper, services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
     await shopper.create_native(order["id"])
     await shopper.request("POST", "/sandbox/wxpay/control", {"api_delay": 15})
     loop = asyncio.get_running_loop()
-    # The deadline passes at 2 s; the worker is then inside orderquery (15 s),
-    # long enough for listing and closing the connections on a loaded machine.
-    await asyncio.sleep(3.0)
+    # The deadline passes at 2 s; the worker then takes the message and sits in orderquery (15 s).
+    await eventually(lambda: services.deadline_messages.count == 1, within=10,
+                     message="the deadline message taken by the worker (in flight, unacked)")
     closed_connections = await loop.run_in_executor(
         None, close_connections_on, vhost_of(services.settings.amqp_url), "test: drop before ack")
     assert closed_connections >= 1
@@ -205,29 +220,32 @@ async def test_connection_dropped_before_ack_redelivers_and_processes_once(
     closed = await final_order(shopper, order["id"], within=30)
     assert closed["status"] == "closed"
     assert services.timeout_stats["redelivered"] >= 1
-    await asyncio.sleep(1)  # any further copy would be handled by now
+    # The first delivery may still be in its slow orderquery: it too must
+    # have been handled to the end before "closed once" means anything.
+    await eventually(lambda: services.deadline_messages.count == 0,
+                     message="every delivery of the deadline message handled to the end")
     assert sorted(await log_kinds(services, order["id"])) == ["closed", "created"]
     assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
 
 
-# A deadline far enough off to be seen by rabbitmqctl before it expires.
-@pytest.mark.parametrize("extra_settings", [{**SETTINGS, "order_timeout_seconds": 600}])
+# A deadline far enough off that the message is still in the delay queue
+# when rabbitmqctl, slow on a busy machine, gets to list it.
+@pytest.mark.parametrize("extra_settings", [UNHURRIED])
 @pytest.mark.gen_test(timeout=60)
 async def test_deadline_messages_are_kept_as_a_broker_restart_keeps_them(
-        shopper: Shopper, services: Services) -> None:
+        extra_settings: dict[str, object], shopper: Shopper, services: Services) -> None:
     """What survives a RabbitMQ restart is a persistent message in a durable
     queue; the broker is shared, so that is checked on the broker itself rather
     than by restarting it under everybody else's connections."""
     await shopper.order([("fan-silk", 1)])
     vhost = vhost_of(services.settings.amqp_url)
     delay_queue = services.timeout_queues.delay_queue
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while True:
-        listed = await loop.run_in_executor(None, list_queues, vhost)
+
+    async def delay_queue_row() -> tuple[str, str] | None:
+        listed = await asyncio.get_running_loop().run_in_executor(None, list_queues, vhost)
         durable, persistent = listed.get(delay_queue, ("false", "0"))
-        if int(persistent) >= 1:
-            break
-        assert loop.time() < deadline, f"no persistent message in {delay_queue}: {listed}"
-        await asyncio.sleep(0.2)
+        return (durable, persistent) if int(persistent) >= 1 else None
+
+    durable, _ = await eventually(delay_queue_row, every=0.2,
+                                  message=f"a persistent message in {delay_queue} (durable, persistent)")
     assert durable == "true"

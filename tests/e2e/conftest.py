@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.processes import ROOT, ServerProcess, base_env
-from tests.stomp import BrowserUser
+from tests.support.processes import ROOT, ServerProcess, base_env
+from tests.support.stomp import BrowserUser
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

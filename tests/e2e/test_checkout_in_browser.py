@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import log_in, screenshot
-from tests.processes import ServerProcess
+from tests.support.processes import ServerProcess
 
 
 @pytest.mark.e2e

@@ -24,10 +24,10 @@ from tests.e2e.conftest import (
     stopped_cleanly,
     watch_connection,
 )
-from tests.notify_client import signed_notify
-from tests.processes import ServerProcess
-from tests.stomp import WEB_STOMP_URL, BrowserUser
-from tests.tcp_proxy import TcpProxy
+from tests.support.notify_client import signed_notify
+from tests.support.processes import ServerProcess
+from tests.support.stomp import WEB_STOMP_URL, BrowserUser
+from tests.support.tcp_proxy import TcpProxy
 
 PAID = re.compile(r"/paysuccess\.html\?money=")
 

@@ -1,36 +1,26 @@
-"""Shared by the timeout tests: waiting, stock accounting, simulator look-ups."""
+"""Shared by the timeout tests: their settings, final states, stock accounting, simulator look-ups."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from server.composition.container import Services
 from server.domain.orders import order_logs
-from tests.shopper import Shopper
+from tests.support.shopper import Shopper
+from tests.support.waiting import eventually
 
 SETTINGS = {"order_timeout_seconds": 2, "sim_close_min_age_seconds": 0.0, "timeout_retry_delays": (1, 2),
             "active_query_after_seconds": 1000.0,
             "max_unpaid_orders_per_user": 1000}  # one shopper stands in for many
 
 
-async def eventually(check, within: float = 20.0, every: float = 0.1):  # type: ignore[no-untyped-def]
-    """Await ``check()`` until it returns something truthy; fail after ``within``."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
-        await asyncio.sleep(every)
-
-
 async def final_order(shopper: Shopper, order_id: str, within: float = 20.0) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
+    """The order once it has left unpaid (paid or closed), as its owner sees it."""
+    async def settled() -> dict[str, Any] | None:
         order = await shopper.get_order(order_id)
         return order if order["status"] != "unpaid" else None
 
-    return await eventually(check, within)
+    return await eventually(settled, message=f"order {order_id} paid or closed", within=within)
 
 
 async def stock_total(services: Services) -> dict[str, int]:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import tornado.websocket
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = ROOT / "deploy" / "rabbitmq-setup.sh"
 WEB_STOMP_URL = "ws://127.0.0.1:15674/ws"
 

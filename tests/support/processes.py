@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from server.infra.embedded_mongo import free_port
+from tests.support.waiting import eventually_blocking
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_env(var_dir: Path, **extra: str) -> dict[str, str]:
@@ -21,16 +21,18 @@ def base_env(var_dir: Path, **extra: str) -> dict[str, str]:
     return {**clean, "VAR_DIR": str(var_dir), **extra}
 
 
-def wait_http(url: str, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return int(resp.status)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+def http_status(url: str) -> int | None:
+    """The status ``url`` answers with when it is a success; None otherwise
+    (nothing listening yet, or an error status such as readiness's 503)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return int(resp.status)
+    except OSError:
+        return None
+
+
+def wait_http(url: str, within: float = 30) -> int:
+    return eventually_blocking(lambda: http_status(url), message=f"{url} answers with a success", within=within)
 
 
 class ServerProcess:
@@ -47,7 +49,7 @@ class ServerProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             wait_http(self.base_url + "/healthz")
-        except OSError:
+        except AssertionError:
             self.stop()
             raise RuntimeError(f"paypush did not start:\n{self.output}") from None
         return self
