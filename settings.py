@@ -182,6 +182,14 @@ def merchant_key(name: str, value: str) -> str:
     return value
 
 
+def apiv3_key(name: str, value: str) -> str:
+    # AES-256 takes the key's 32 bytes as they are: anything else is not the key.
+    if len(value.encode("utf-8")) != 32:
+        raise ConfigError(f"{name} must be the 32-byte APIv3 key from the merchant platform "
+                          f"(got {len(value.encode('utf-8'))} bytes)")
+    return value
+
+
 def long_secret(minimum: int) -> Parse:
     def parse(name: str, value: str) -> str:
         if len(value) < minimum:
@@ -267,6 +275,34 @@ class Settings:
     wxpay_sign_type: str = field(metadata=setting(
         "WXPAY_SIGN_TYPE", one_of(*SIGN_TYPES, fold=str.upper), "MD5",
         "`MD5` or `HMAC-SHA256`; also the weakest algorithm accepted on notifies and answers"))
+    wxpay_api: str = field(metadata=setting(
+        "WXPAY_API", one_of("v2", "v3"), "v2",
+        "WeChat Pay API: `v2` (XML, the API key) or `v3` (JSON, the merchant certificate and the APIv3 key)"))
+    wxpay_apiv3_key: str = field(metadata=setting(
+        "WXPAY_APIV3_KEY", apiv3_key, None,
+        "v3: the 32-byte APIv3 key (decrypts notifies and platform certificates); setting it leaves sandbox mode",
+        default_doc="generated into `VAR_DIR` in v3 sandbox mode", secret=True))
+    wxpay_private_key_path: str = field(metadata=setting(
+        "WXPAY_PRIVATE_KEY_PATH", text, None,
+        "the merchant API private key (`apiclient_key.pem`): v3 request signing",
+        default_doc="generated into `VAR_DIR` in v3 sandbox mode"))
+    wxpay_cert_path: str = field(metadata=setting(
+        "WXPAY_CERT_PATH", text, None,
+        "the merchant API certificate (`apiclient_cert.pem`); when given, its serial must be `WXPAY_CERT_SERIAL`",
+        default_doc="generated into `VAR_DIR` in v3 sandbox mode"))
+    wxpay_cert_serial: str = field(metadata=setting(
+        "WXPAY_CERT_SERIAL", name_like(re.compile(r"^[0-9A-Fa-f]{1,64}$"), "the certificate's serial number in hex"),
+        None, "v3: the merchant API certificate's serial number",
+        default_doc="the generated certificate's in v3 sandbox mode"))
+    wxpay_public_key_path: str = field(metadata=setting(
+        "WXPAY_PUBLIC_KEY_PATH", text, None,
+        "v3 public-key mode: WeChat Pay's public key (`pub_key.pem`); unset: platform certificates from "
+        "`/v3/certificates`; with both, both are accepted (WeChat's migration)",
+        default_doc="unset"))
+    wxpay_public_key_id: str = field(metadata=setting(
+        "WXPAY_PUBLIC_KEY_ID", name_like(re.compile(r"^PUB_KEY_ID_[0-9A-Za-z_]{1,64}$"), "PUB_KEY_ID_ and its id"),
+        None, "v3 public-key mode: the key's id (`PUB_KEY_ID_...`), the `Wechatpay-Serial` it signs with",
+        default_doc="unset"))
     wxpay_api_base: str = field(metadata=setting(
         "WXPAY_API_BASE", url("http", "https"), None,
         "WeChat Pay API base URL; https outside sandbox mode, never `*.weixin.qq.com` in it",
@@ -337,7 +373,8 @@ class Settings:
 
     @property
     def notify_url(self) -> str:
-        return f"{self.public_url}/wxpay/notify"
+        """Where WeChat sends payment notifies: v2 XML and v3 JSON have an endpoint each."""
+        return f"{self.public_url}/wxpay/v3/notify" if self.wxpay_api == "v3" else f"{self.public_url}/wxpay/notify"
 
     @property
     def simulator_base(self) -> str:
@@ -419,10 +456,21 @@ def _derive_public_url(v: Values, given: Set[str]) -> None:
 
 def _decide_sandbox(v: Values, given: Set[str]) -> None:
     """Sandbox mode unless a key is given; outside it, all three credentials; inside it, none but the published ones."""
+    v3 = v["wxpay_api"] == "v3"
     if v["sandbox"] is None:
-        v["sandbox"] = v["wxpay_key"] is None
+        v["sandbox"] = v["wxpay_apiv3_key" if v3 else "wxpay_key"] is None
     credentials = (("WXPAY_APPID", "wxpay_appid", SANDBOX_APPID), ("WXPAY_MCH_ID", "wxpay_mch_id", SANDBOX_MCH_ID),
-                   ("WXPAY_KEY", "wxpay_key", SANDBOX_KEY))
+                   ("WXPAY_APIV3_KEY", "wxpay_apiv3_key", None) if v3 else ("WXPAY_KEY", "wxpay_key", SANDBOX_KEY))
+    if v3 and v["sandbox"]:
+        # The simulator must not hold the merchant's v3 key material either.
+        real_keys = [env for env, name in (("WXPAY_PRIVATE_KEY_PATH", "wxpay_private_key_path"),
+                                          ("WXPAY_CERT_PATH", "wxpay_cert_path"),
+                                          ("WXPAY_CERT_SERIAL", "wxpay_cert_serial"),
+                                          ("WXPAY_PUBLIC_KEY_PATH", "wxpay_public_key_path"),
+                                          ("WXPAY_PUBLIC_KEY_ID", "wxpay_public_key_id")) if v[name] is not None]
+        if real_keys:
+            raise ConfigError(f"{_sandbox_mode(given)} with merchant key material ({', '.join(real_keys)}): the "
+                              "built-in simulator generates its own into VAR_DIR; unset them, or set SANDBOX=0")
     if not v["sandbox"]:
         missing = [env for env, name, _ in credentials if v[name] is None]
         if missing:
@@ -440,6 +488,34 @@ def _decide_sandbox(v: Values, given: Set[str]) -> None:
     for _, name, sandbox_value in credentials:
         if v[name] is None:
             v[name] = sandbox_value
+    if v["wxpay_key"] is None:
+        v["wxpay_key"] = SANDBOX_KEY if v["sandbox"] else ""  # a v3 merchant needs no v2 key
+    if v3:
+        _v3_key_material(v)
+    for name in ("wxpay_apiv3_key", "wxpay_cert_serial", "wxpay_public_key_id", "wxpay_private_key_path",
+                 "wxpay_cert_path", "wxpay_public_key_path"):
+        if v[name] is None:
+            v[name] = ""
+
+
+def _v3_key_material(v: Values) -> None:
+    """v3: the merchant's signing key and serial, and one way to verify WeChat
+    (public key, else platform certificates). In sandbox mode they are files the
+    composition root generates under VAR_DIR (the simulator's and the merchant's)."""
+    if v["sandbox"]:
+        keys = v["var_dir"] / "wxpay_v3"
+        v["wxpay_private_key_path"] = str(keys / "apiclient_key.pem")
+        v["wxpay_cert_path"] = str(keys / "apiclient_cert.pem")
+        v["wxpay_apiv3_key"] = _secret_file(v["var_dir"], "wxpay_apiv3_key")[:32]
+        return
+    missing = [env for env, name in (("WXPAY_PRIVATE_KEY_PATH", "wxpay_private_key_path"),
+                                     ("WXPAY_CERT_SERIAL", "wxpay_cert_serial")) if v[name] is None]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set for WXPAY_API=v3: the merchant API key "
+                          "(apiclient_key.pem) and its certificate's serial number sign every request")
+    if (v["wxpay_public_key_path"] is None) != (v["wxpay_public_key_id"] is None):
+        raise ConfigError("WXPAY_PUBLIC_KEY_PATH and WXPAY_PUBLIC_KEY_ID go together (public-key mode): "
+                          "set both, or neither to use platform certificates")
 
 
 def _check_api_base(v: Values, given: Set[str]) -> None:

@@ -17,6 +17,28 @@ from settings import ConfigError, from_environ
 ROOT = Path(__file__).resolve().parents[1]
 REAL = {"WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109",
         "WXPAY_KEY": "k" * 32, "COOKIE_SECRET": "c" * 40, "PUBLIC_URL": "https://shop.example.com"}
+# A merchant with API v3 credentials only (no v2 key), as merchants signed up lately are.
+REAL_V3 = {"WXPAY_API": "v3", "WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109",
+           "WXPAY_APIV3_KEY": "a" * 32, "WXPAY_PRIVATE_KEY_PATH": "/etc/paypush/apiclient_key.pem",
+           "WXPAY_CERT_SERIAL": "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+           "COOKIE_SECRET": "c" * 40, "PUBLIC_URL": "https://shop.example.com"}
+
+
+def test_a_v3_merchant_needs_no_v2_key_and_gets_the_v3_notify_url(tmp_path: Path) -> None:
+    cfg = from_environ({"VAR_DIR": str(tmp_path), **REAL_V3})
+    assert not cfg.sandbox and cfg.wxpay_api == "v3" and cfg.wxpay_key == ""
+    assert cfg.notify_url == "https://shop.example.com/wxpay/v3/notify"
+    assert cfg.wxpay_api_base == "https://api.mch.weixin.qq.com"
+    assert "a" * 32 not in repr(cfg)
+
+
+def test_v3_sandbox_generates_its_apiv3_key_once_and_names_its_key_files(tmp_path: Path) -> None:
+    first = from_environ({"VAR_DIR": str(tmp_path), "WXPAY_API": "v3"})
+    again = from_environ({"VAR_DIR": str(tmp_path), "WXPAY_API": "v3"})
+    assert first.sandbox and len(first.wxpay_apiv3_key.encode()) == 32
+    assert again.wxpay_apiv3_key == first.wxpay_apiv3_key
+    assert first.wxpay_private_key_path == str(tmp_path / "wxpay_v3" / "apiclient_key.pem")
+    assert first.notify_url.endswith("/wxpay/v3/notify")
 
 
 def test_defaults_are_sandbox_with_generated_private_secrets(tmp_path: Path) -> None:
@@ -119,6 +141,21 @@ def test_the_vhost_is_amqp_urls_path_decoded(amqp_url: str, vhost: str) -> None:
     ({"SWEEP_GRACE_SECONDS": "nan"}, "SWEEP_GRACE_SECONDS must be a number, got 'nan'"),
     ({"ACTIVE_QUERY_AFTER_SECONDS": "inf"}, "ACTIVE_QUERY_AFTER_SECONDS must be a number, got 'inf'"),
     ({"PUBLIC_URL": "http://[::1"}, "PUBLIC_URL must be a URL starting http:// or https://"),
+    # WeChat Pay API v3.
+    ({"WXPAY_API": "v4"}, "WXPAY_API must be v2 or v3"),
+    ({**REAL_V3, "WXPAY_APIV3_KEY": "k" * 31}, "WXPAY_APIV3_KEY must be the 32-byte APIv3 key"),
+    ({**REAL_V3, "WXPAY_APIV3_KEY": "é" * 32}, "WXPAY_APIV3_KEY must be the 32-byte APIv3 key"),
+    ({k: v for k, v in REAL_V3.items() if k != "WXPAY_PRIVATE_KEY_PATH"}, "WXPAY_PRIVATE_KEY_PATH must be set"),
+    ({k: v for k, v in REAL_V3.items() if k != "WXPAY_CERT_SERIAL"}, "WXPAY_CERT_SERIAL must be set"),
+    ({k: v for k, v in REAL_V3.items() if k != "WXPAY_APPID"}, "WXPAY_APPID must be set"),
+    ({**REAL_V3, "WXPAY_PUBLIC_KEY_PATH": "/etc/paypush/pub_key.pem"}, "go together"),
+    ({**REAL_V3, "WXPAY_PUBLIC_KEY_ID": "PUB_KEY_ID_0114"}, "go together"),
+    ({**REAL_V3, "WXPAY_PUBLIC_KEY_ID": "0114"}, "WXPAY_PUBLIC_KEY_ID must be PUB_KEY_ID_"),
+    ({**REAL_V3, "WXPAY_CERT_SERIAL": "not hex"}, "WXPAY_CERT_SERIAL must be the certificate's serial"),
+    ({"WXPAY_API": "v3", "SANDBOX": "1", "WXPAY_PRIVATE_KEY_PATH": "/k.pem"},
+     "SANDBOX=1 with merchant key material \\(WXPAY_PRIVATE_KEY_PATH\\)"),
+    ({"WXPAY_API": "v3", "SANDBOX": "1", "WXPAY_APIV3_KEY": "k" * 32},
+     "SANDBOX=1 with merchant credentials \\(WXPAY_APIV3_KEY\\)"),
 ])
 def test_bad_configuration_names_what_to_set(env: dict[str, str], names: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=names):

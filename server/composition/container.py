@@ -180,6 +180,8 @@ class Services:
 async def open_services(settings: Settings, mongo_url: str,
                         embedded_mongo: EmbeddedMongo | None = None) -> Services:
     """``embedded_mongo``: the server behind ``mongo_url`` when this process runs one (liveness watches it)."""
+    if settings.wxpay_api != "v2":
+        raise RuntimeError(f"WXPAY_API={settings.wxpay_api} is not available in this build: set WXPAY_API=v2")
     """Connect to MongoDB (creating indexes) and RabbitMQ, and build the service layer."""
     store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     await store_mod.create_indexes(store)
