@@ -1,12 +1,15 @@
-"""``POST /wxpay/notify``: WeChat's payment result.
+"""WeChat's payment results: ``POST /wxpay/notify`` (API v2, XML) and
+``POST /wxpay/v3/notify`` (API v3, JSON).
 
-WeChat retries until it reads ``return_code=SUCCESS``, so SUCCESS is sent only
-once the payment is durably recorded, and FAIL (with a reason) whenever a retry
-could help or the message must not be believed.
+WeChat retries until it reads success, so success is sent only once the
+payment is durably recorded, and a failure (with a reason) whenever a retry
+could help or the message must not be believed. The two differ only in how
+they answer; the gateway reads and verifies the body, the domain records it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -73,7 +76,7 @@ class NotifyHandler(BaseHandler):
             return self._reply_fail("storage unavailable, retry later", 503)
         self.count("acknowledged")
         log.info("notify for %s acknowledged", order_id)
-        self._reply({"return_code": "SUCCESS", "return_msg": "OK"})
+        self._reply_ok()
 
     def get(self) -> None:
         self._reply_fail("use POST", 405)
@@ -82,8 +85,28 @@ class NotifyHandler(BaseHandler):
         if status != 503:  # storage failures were logged where they were caught
             log.warning("notify refused from %s: %s", self.request.remote_ip, reason)
         self.set_status(status)
+        self._reply_failure(reason)
+
+    def _reply_ok(self) -> None:
+        """API v2: the XML WeChat reads as "recorded, stop sending"."""
+        self._reply({"return_code": "SUCCESS", "return_msg": "OK"})
+
+    def _reply_failure(self, reason: str) -> None:
         self._reply({"return_code": "FAIL", "return_msg": reason})
 
     def _reply(self, fields: dict[str, str]) -> None:
         self.set_header("Content-Type", "text/xml; charset=utf-8")
         self.finish(xmlcodec.render(fields))
+
+
+class V3NotifyHandler(NotifyHandler):
+    """API v3: 204 with no body is "recorded"; 4xx/5xx with ``{"code": "FAIL",
+    "message"}`` makes WeChat send it again."""
+
+    def _reply_ok(self) -> None:
+        self.set_status(204)
+        self.finish()
+
+    def _reply_failure(self, reason: str) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"code": "FAIL", "message": reason}, ensure_ascii=False))
