@@ -20,6 +20,7 @@ from server.composition.web import make_app
 from server.infra.embedded_mongo import EmbeddedMongo
 from tests.support.shopper import Shopper
 from tests.support.stomp import BrowserUser, prepare_broker
+from tests.support.tcp_proxy import TcpProxy
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -134,3 +135,11 @@ def shopper(http_server, base_url: str, io_loop) -> Iterator[Shopper]:  # type: 
     s = io_loop.run_sync(lambda: Shopper.logged_in(base_url, "demo", "demo-pass-123"))
     yield s
     io_loop.run_sync(s.close)
+
+
+@pytest.fixture
+def rabbit_proxy(io_loop) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
+    """A TCP proxy in front of RabbitMQ that a test can cut or stall (``url_for`` routes a URL through it)."""
+    proxy = io_loop.run_sync(lambda: TcpProxy(5672).start())
+    yield proxy
+    io_loop.run_sync(proxy.close)

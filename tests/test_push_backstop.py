@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,16 +17,8 @@ from tests.support.waiting import eventually
 
 
 @pytest.fixture
-def rabbit_proxy(io_loop) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
-    proxy = io_loop.run_sync(lambda: TcpProxy(5672).start())
-    yield proxy
-    io_loop.run_sync(proxy.close)
-
-
-@pytest.fixture
 def extra_settings(rabbit_proxy: TcpProxy, amqp_url: str) -> dict[str, object]:
-    vhost = amqp_url.rsplit("/", 1)[1]
-    return {"amqp_url": f"amqp://guest:guest@127.0.0.1:{rabbit_proxy.port}/{vhost}",
+    return {"amqp_url": rabbit_proxy.url_for(amqp_url),
             "active_query_after_seconds": 1.0}
 
 

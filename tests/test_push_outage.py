@@ -4,8 +4,6 @@ goes out on RabbitMQ (to pages elsewhere) when the broker is reachable again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import aio_pika
 import pytest
 
@@ -18,16 +16,8 @@ from tests.support.waiting import eventually
 
 
 @pytest.fixture
-def rabbit_proxy(io_loop) -> Iterator[TcpProxy]:  # type: ignore[no-untyped-def]
-    proxy = io_loop.run_sync(lambda: TcpProxy(5672).start())
-    yield proxy
-    io_loop.run_sync(proxy.close)
-
-
-@pytest.fixture
 def extra_settings(rabbit_proxy: TcpProxy, amqp_url: str) -> dict[str, object]:
-    vhost = amqp_url.rsplit("/", 1)[1]
-    return {"amqp_url": f"amqp://guest:guest@127.0.0.1:{rabbit_proxy.port}/{vhost}"}
+    return {"amqp_url": rabbit_proxy.url_for(amqp_url)}
 
 
 @pytest.mark.gen_test(timeout=60)

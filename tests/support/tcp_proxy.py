@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 from server.infra.embedded_mongo import free_port
 
@@ -17,6 +18,13 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+
+    def url_for(self, url: str) -> str:
+        """``url`` (amqp://user:pass@host:port/vhost) pointed at this proxy instead."""
+        parts = urlsplit(url)
+        credentials = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{self.port}" if credentials
+                                         else f"127.0.0.1:{self.port}"))
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
