@@ -23,6 +23,7 @@ from server.domain.catalog import add_sku
 from server.domain.orders import Line, OutOfStock, TooManyUnpaidOrders, order_logs, parse_lines
 from server.domain.payments import NotifyRejected
 from server.domain.timeouts import Outcome
+from server.gateway.abc import Payment
 from tests.support.notify_client import signed_notify
 
 SKU = "rule-sku"
@@ -160,9 +161,8 @@ async def test_a_payment_of_another_amount_is_refused(services: Services) -> Non
     assert not won and after is not None and after["status"] == "unpaid"
     with pytest.raises(NotifyRejected, match=f"total_fee 1 is not the order's {order['pay_money']}"):
         await services.payments.handle_notify(notify_for(order, total_fee="1", cash_fee="1"))
-    queried = {"trade_state": "SUCCESS", "total_fee": "1", "transaction_id": "4200000000000000000000000009",
-               "time_end": "20261127120000"}
-    assert not await services.payments.record_queried_payment(order["_id"], queried)
+    queried = Payment(order["_id"], "4200000000000000000000000009", 1, time.time())
+    assert not await services.payments.record_queried_payment(queried)
     assert await kinds(services, order["_id"]) == ["created"]
     assert (await services.orders.get(order["_id"]) or {})["status"] == "unpaid"
     assert await on_hand_and_holds(services) == (9, {order["_id"]: 1})
@@ -238,10 +238,9 @@ async def test_paid_after_close_takes_the_stock_again_once_and_says_why(
     with caplog.at_level(logging.WARNING):
         # WeChat took the money anyway: its notify, repeated, and the order query, all at once.
         body = notify_for(order, transaction_id="4200000000000000000000000077")
-        queried = {"trade_state": "SUCCESS", "total_fee": str(order["pay_money"]),
-                   "transaction_id": "4200000000000000000000000077", "time_end": "20261127120000"}
+        queried = Payment(order["_id"], "4200000000000000000000000077", int(order["pay_money"]), time.time())
         await asyncio.gather(*(services.payments.handle_notify(body) for _ in range(5)),
-                             services.payments.record_queried_payment(order["_id"], queried),
+                             services.payments.record_queried_payment(queried),
                              services.orders.mark_paid_after_close(order["_id"], "4200000000000000000000000077",
                                                                    time.time()))
     paid = await services.orders.get(order["_id"])
