@@ -8,12 +8,177 @@ callback code. The simulator shares no crypto with paypush's v3 client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import stat
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from wechatpayv3.utils import load_certificate, load_private_key
+import aiohttp
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+from wechatpayv3 import WeChatPay, WeChatPayType
+from wechatpayv3.utils import build_authorization, load_certificate, load_private_key, rsa_verify
 
-from server.simulator.v3_keys import generate_sandbox_keys
+from server.simulator import app as simulator_app
+from server.simulator.v3_keys import (
+    CERTIFICATE_MODE,
+    PUBLIC_KEY_MODE,
+    SandboxKeyFiles,
+    generate_sandbox_keys,
+)
+
+MCHID, APPID = "1900000109", "wxd678efh567hg6787"
+PREFIX = "/sandbox/wxpay"
+MODES = [PUBLIC_KEY_MODE, CERTIFICATE_MODE]
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> SandboxKeyFiles:
+    return generate_sandbox_keys(tmp_path_factory.mktemp("wxpay_v3"))
+
+
+@dataclass
+class World:
+    """The simulator on a real port, and a merchant's notify endpoint beside it
+    that hands every notify to wechatpayv3's own callback parser."""
+
+    files: SandboxKeyFiles
+    sim: simulator_app.Simulator
+    http: aiohttp.ClientSession
+    base: str  # http://127.0.0.1:port
+    tmp: Path
+    parser: WeChatPay | None = None
+    refuse_notifies: int = 0  # answer this many notifies 500 FAIL first
+    notifies: list[dict[str, Any] | None] = field(default_factory=list)
+
+    @property
+    def api_base(self) -> str:
+        return self.base + PREFIX
+
+    def wechatpay(self, mode: str) -> WeChatPay:
+        """A wechatpayv3 merchant client pointed at the simulator.
+
+        Certificate mode: its certificate directory starts with a certificate
+        that signs nothing (the merchant's own, so the library has one and
+        does not call the real WeChat while it is being built); the simulator's
+        first answer then carries a serial it does not know, and it fetches
+        /v3/certificates from the simulator, decrypts and stores them."""
+        public = mode == PUBLIC_KEY_MODE
+        cert_dir = self.tmp / f"platform-certs-{uuid.uuid4().hex[:6]}"
+        if not public:
+            cert_dir.mkdir()
+            (cert_dir / "seed.pem").write_text(self.files.merchant_certificate.read_text())
+        client = WeChatPay(wechatpay_type=WeChatPayType.NATIVE, mchid=MCHID,
+                           private_key=self.files.merchant_private_key.read_text(),
+                           cert_serial_no=self.files.merchant_serial, appid=APPID,
+                           apiv3_key=self.files.apiv3_key, notify_url=self.base + "/merchant/notify",
+                           cert_dir=None if public else str(cert_dir),
+                           public_key=self.files.public_key.read_text() if public else None,
+                           public_key_id=self.files.public_key_id if public else None, timeout=(3, 10))
+        client._core._gate_way = self.api_base  # the library's only way to another host
+        return client
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> tuple[int, Any]:
+        """wechatpayv3 is synchronous (requests): run it beside the event loop."""
+        code, text = await asyncio.to_thread(fn, *args, **kwargs)
+        return code, json.loads(text) if text else None
+
+    async def phone(self, action: str, code_url: str, **knobs: Any) -> dict[str, Any]:
+        async with self.http.post(f"{self.api_base}/{action}", json={"code_url": code_url, "notify": knobs}) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def trade(self, no: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.api_base}/trades/{no}") as r:
+            return await r.json()
+
+    async def control(self, **knobs: Any) -> dict[str, Any]:
+        async with self.http.post(f"{self.api_base}/control", json=knobs) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+
+class MerchantNotify(tornado.web.RequestHandler):
+    def initialize(self, world: World) -> None:
+        self.world = world
+
+    def check_xsrf_cookie(self) -> None:
+        """Server-to-server."""
+
+    async def post(self) -> None:
+        assert self.world.parser is not None
+        parsed = await asyncio.to_thread(self.world.parser.callback, self.request.headers, self.request.body)
+        self.world.notifies.append(parsed)
+        if self.world.refuse_notifies > 0 or not parsed:
+            self.world.refuse_notifies -= 1
+            self.set_status(500)
+            self.finish({"code": "FAIL", "message": "not now"})
+            return
+        self.set_status(204)
+
+
+@contextlib.asynccontextmanager
+async def v3_world(files: SandboxKeyFiles, tmp: Path, mode: str, *,
+                   close_min_age_seconds: float = 0.0) -> AsyncIterator[World]:
+    http = aiohttp.ClientSession()
+    sim = simulator_app.Simulator.create(http, appid=APPID, mch_id=MCHID, key="k" * 32,
+                                         close_min_age_seconds=close_min_age_seconds, notify_speed=1000.0,
+                                         v3=files.v3_keys(MCHID, APPID, mode))
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    world = World(files, sim, http, f"http://127.0.0.1:{sockets[0].getsockname()[1]}", tmp)
+    app = tornado.web.Application([*simulator_app.routes(PREFIX, sim),
+                                   (r"/merchant/notify", MerchantNotify, {"world": world})])
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets(sockets)
+    try:
+        yield world
+    finally:
+        server.stop()
+        await sim.close()
+        await http.close()
+
+
+async def signed_request(world: World, method: str, path: str, body: str = "", *,
+                         key_pem: str | None = None, serial: str | None = None,
+                         url_to_sign: str | None = None) -> tuple[int, dict[str, str], str]:
+    """A request signed by wechatpayv3's own build_authorization, raw answer back."""
+    key = load_private_key(key_pem or world.files.merchant_private_key.read_text())
+    auth = build_authorization(url_to_sign or path, method, MCHID, serial or world.files.merchant_serial, key,
+                               data=body or None)
+    async with world.http.request(method, world.api_base + path, data=body.encode(),
+                                  headers={"Authorization": auth, "Content-Type": "application/json",
+                                           "Accept": "application/json"}) as r:
+        return r.status, dict(r.headers), await r.text()
+
+
+def signed_by(world: World, headers: dict[str, str], body: str) -> str:
+    """Which of the simulator's keys signed this answer (wechatpayv3's rsa_verify)."""
+    keys = world.sim.v3
+    assert keys is not None
+    candidates = [*keys.certificates, *([keys.public_key] if keys.public_key else [])]
+    for signer in candidates:
+        if signer.serial == headers["Wechatpay-Serial"] and rsa_verify(
+                headers["Wechatpay-Timestamp"], headers["Wechatpay-Nonce"], body, headers["Wechatpay-Signature"],
+                signer.private_key.public_key()):
+            return signer.serial
+    raise AssertionError(f"answer not signed by any simulator key: {headers}")
+
+
+def stored_certificates(tmp: Path) -> dict[str, str]:
+    """The platform certificates wechatpayv3 fetched and kept, by serial."""
+    return {p.stem: p.read_text() for p in tmp.glob("platform-certs-*/*.pem") if p.stem != "seed"}
+
+
+def order_no() -> str:
+    return "V3" + uuid.uuid4().hex[:20]
 
 
 def test_sandbox_keys_are_made_once_private_and_consistent(tmp_path: Path) -> None:
@@ -37,3 +202,38 @@ def test_sandbox_keys_take_the_apiv3_key_settings_made(tmp_path: Path) -> None:
     files = generate_sandbox_keys(tmp_path, apiv3_key="k" * 32)
     assert files.apiv3_key == "k" * 32 and not files.apiv3_key_file.exists()
     assert files.v3_keys("1900000109", "wxd678efh567hg6787").apiv3_key == b"k" * 32
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.gen_test(timeout=60)
+async def test_wechatpayv3_places_queries_and_closes_a_native_order(mode: str, key_files: SandboxKeyFiles,
+                                                                    tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, mode) as world:
+        client, no = world.wechatpay(mode), order_no()
+        pay = {"description": "silk fan", "out_trade_no": no, "amount": {"total": 150, "currency": "CNY"},
+               "scene_info": {"payer_client_ip": "203.0.113.7"},
+               "time_expire": time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.gmtime(time.time() + 8 * 3600 + 600))}
+        code, placed = await world.call(client.pay, **pay)
+        assert code == 200 and placed["code_url"].startswith("weixin://wxpay/bizpayurl?pr=")
+        assert await world.call(client.pay, **pay) == (200, placed)  # same order, same QR
+        code, changed = await world.call(client.pay, **{**pay, "amount": {"total": 151}})
+        assert code == 403 and changed["code"] == "OUT_TRADE_NO_USED"
+
+        code, trade = await world.call(client.query, out_trade_no=no)
+        assert code == 200
+        assert (trade["trade_state"], trade["amount"]["total"], trade["mchid"], trade["appid"]) == \
+            ("NOTPAY", 150, MCHID, APPID)
+        await world.phone("scan", placed["code_url"])
+        assert (await world.call(client.query, out_trade_no=no))[1]["trade_state"] == "USERPAYING"
+        assert await world.call(client.close, no) == (204, None)
+        assert (await world.call(client.query, out_trade_no=no))[1]["trade_state"] == "CLOSED"
+        code, again = await world.call(client.close, no)
+        assert code == 400 and again["code"] == "ORDER_CLOSED"
+        code, missing = await world.call(client.query, out_trade_no=order_no())
+        assert code == 404 and missing["code"] == "ORDER_NOT_EXIST"
+        shown = await world.trade(no)
+        assert shown["api"] == "v3" and shown["spbill_create_ip"] == "203.0.113.7"
+        if mode == CERTIFICATE_MODE:
+            # wechatpayv3 learnt the platform certificate from /v3/certificates itself
+            assert stored_certificates(tmp_path)[key_files.platform_serial] == \
+                key_files.platform_certificate.read_text()
