@@ -33,7 +33,10 @@ from server.simulator.v3_keys import (
     PUBLIC_KEY_MODE,
     SandboxKeyFiles,
     generate_sandbox_keys,
+    new_private_key,
+    private_key_pem,
 )
+from tests.support.waiting import eventually
 
 MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 PREFIX = "/sandbox/wxpay"
@@ -57,7 +60,8 @@ class World:
     tmp: Path
     parser: WeChatPay | None = None
     refuse_notifies: int = 0  # answer this many notifies 500 FAIL first
-    notifies: list[dict[str, Any] | None] = field(default_factory=list)
+    notifies: list[dict[str, Any] | None] = field(default_factory=list)  # as wechatpayv3 parsed them
+    raw_notifies: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
     @property
     def api_base(self) -> str:
@@ -115,6 +119,7 @@ class MerchantNotify(tornado.web.RequestHandler):
 
     async def post(self) -> None:
         assert self.world.parser is not None
+        self.world.raw_notifies.append((dict(self.request.headers), self.request.body))
         parsed = await asyncio.to_thread(self.world.parser.callback, self.request.headers, self.request.body)
         self.world.notifies.append(parsed)
         if self.world.refuse_notifies > 0 or not parsed:
@@ -237,3 +242,132 @@ async def test_wechatpayv3_places_queries_and_closes_a_native_order(mode: str, k
             # wechatpayv3 learnt the platform certificate from /v3/certificates itself
             assert stored_certificates(tmp_path)[key_files.platform_serial] == \
                 key_files.platform_certificate.read_text()
+
+
+async def place(world: World, client: WeChatPay, total: int = 100) -> tuple[str, str]:
+    no = order_no()
+    code, placed = await world.call(client.pay, description="silk fan", out_trade_no=no, amount={"total": total})
+    assert code == 200, placed
+    return no, placed["code_url"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.gen_test(timeout=60)
+async def test_notify_of_a_paid_trade_is_read_by_wechatpayv3s_callback(mode: str, key_files: SandboxKeyFiles,
+                                                                       tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, mode) as world:
+        client = world.parser = world.wechatpay(mode)
+        world.refuse_notifies = 1  # the merchant fails the first one: WeChat sends it again
+        no, code_url = await place(world, client, total=250)
+        paid = await world.phone("pay", code_url, coupons=3)
+
+        async def acknowledged() -> dict[str, Any] | None:
+            trade = await world.trade(no)
+            return trade if "SUCCESS" in trade["notify_replies"] else None
+
+        trade = await eventually(acknowledged, message="the notify acknowledged", within=10, every=0.05)
+        assert trade["notify_replies"] == ["FAIL", "SUCCESS"]
+        first, second = world.notifies
+        assert first is not None and second is not None  # wechatpayv3 verified and decrypted both
+        assert first["id"] == second["id"]  # a retry is the same event
+        assert (second["event_type"], second["resource_type"]) == ("TRANSACTION.SUCCESS", "encrypt-resource")
+        resource = second["resource"]
+        assert (resource["out_trade_no"], resource["trade_state"], resource["mchid"], resource["appid"]) == \
+            (no, "SUCCESS", MCHID, APPID)
+        assert resource["transaction_id"] == paid["transaction_id"]
+        assert resource["amount"]["total"] == 250 and resource["amount"]["payer_total"] == 247
+        assert len(resource["promotion_detail"]) == 3
+        headers, raw = world.raw_notifies[-1]
+        envelope = json.loads(raw)["resource"]
+        assert (envelope["original_type"], envelope["associated_data"], envelope["algorithm"]) == \
+            ("transaction", "transaction", "AEAD_AES_256_GCM")
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Wechatpay-Serial"] == (key_files.public_key_id if mode == PUBLIC_KEY_MODE
+                                               else key_files.platform_serial)
+        code, queried = await world.call(client.query, out_trade_no=no)
+        assert code == 200 and queried["success_time"] == resource["success_time"]
+        assert queried["transaction_id"] == paid["transaction_id"] and queried["amount"]["total"] == 250
+        code, refused = await world.call(client.close, no)
+        assert code == 403 and refused["code"] == "ORDERPAID"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_requests_wechat_would_not_believe_are_refused_401(key_files: SandboxKeyFiles, tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, PUBLIC_KEY_MODE) as world:
+        path = f"/v3/pay/transactions/out-trade-no/{order_no()}?mchid={MCHID}"
+        status, headers, body = await signed_request(world, "GET", path)
+        assert status == 404 and json.loads(body)["code"] == "ORDER_NOT_EXIST"  # the control: well signed
+        assert signed_by(world, headers, body) == key_files.public_key_id  # error answers are signed too
+        # the full path behind the sandbox prefix is an honest reading of "the URL" as well
+        status, _, _ = await signed_request(world, "GET", path, url_to_sign=PREFIX + path)
+        assert status == 404
+        stranger = private_key_pem(new_private_key()).decode()
+        for kwargs in ({"key_pem": stranger},                      # not the merchant's key
+                       {"serial": "ABCDEF0123456789"},             # no such merchant certificate
+                       {"url_to_sign": path.replace("V3", "V4")}):  # signed for another URL
+            status, headers, body = await signed_request(world, "GET", path, **kwargs)
+            assert status == 401 and json.loads(body)["code"] == "SIGN_ERROR", kwargs
+            assert signed_by(world, headers, body) == key_files.public_key_id
+        async with world.http.post(world.api_base + "/v3/pay/transactions/native", json={"mchid": MCHID}) as r:
+            assert r.status == 401 and (await r.json())["code"] == "SIGN_ERROR"  # no Authorization at all
+        # a signed body changed on the way
+        order = json.dumps({"appid": APPID, "mchid": MCHID, "description": "x", "out_trade_no": order_no(),
+                            "notify_url": "https://example.com/n", "amount": {"total": 1}})
+        key = load_private_key(key_files.merchant_private_key.read_text())
+        auth = build_authorization("/v3/pay/transactions/native", "POST", MCHID, key_files.merchant_serial, key,
+                                   data=order)
+        async with world.http.post(world.api_base + "/v3/pay/transactions/native",
+                                   data=order.replace('"total": 1', '"total": 2'),
+                                   headers={"Authorization": auth, "Content-Type": "application/json"}) as r:
+            assert r.status == 401 and (await r.json())["code"] == "SIGN_ERROR"
+        async with world.http.post(world.api_base + "/v3/pay/transactions/native", data=order,
+                                   headers={"Authorization": auth, "Content-Type": "application/json"}) as r:
+            assert r.status == 200 and (await r.json())["code_url"]  # the control: the untouched body
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_close_of_a_young_trade_is_refused(key_files: SandboxKeyFiles, tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, PUBLIC_KEY_MODE, close_min_age_seconds=300) as world:
+        client = world.wechatpay(PUBLIC_KEY_MODE)
+        no, _ = await place(world, client)
+        code, refused = await world.call(client.close, no)
+        assert code == 400 and refused["code"] == "CLOSE_TOO_EARLY"
+        assert (await world.call(client.query, out_trade_no=no))[1]["trade_state"] == "NOTPAY"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_rotation_lists_both_certificates_and_the_newer_signs(key_files: SandboxKeyFiles,
+                                                                    tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, CERTIFICATE_MODE) as world:
+        client = world.parser = world.wechatpay(CERTIFICATE_MODE)
+        no, code_url = await place(world, client)  # wechatpayv3 now knows the first certificate
+        assert set(stored_certificates(tmp_path)) == {key_files.platform_serial}
+        state = await world.control(v3_rotate=True)
+        newer = state["v3_serial"]
+        assert newer != key_files.platform_serial and state["v3_certificates"] == [key_files.platform_serial, newer]
+
+        status, headers, body = await signed_request(world, "GET", "/v3/certificates")
+        assert status == 200 and signed_by(world, headers, body) == newer
+        listed = json.loads(body)["data"]
+        assert [c["serial_no"] for c in listed] == [key_files.platform_serial, newer]
+        # answers now come signed by a serial wechatpayv3 has not seen: it fetches again and believes them
+        code, trade = await world.call(client.query, out_trade_no=no)
+        assert code == 200 and trade["trade_state"] == "NOTPAY"
+        assert set(stored_certificates(tmp_path)) == {key_files.platform_serial, newer}
+        await world.phone("pay", code_url)
+        await eventually(lambda: world.notifies, message="the notify after the rotation", within=10, every=0.05)
+        assert world.notifies[0] is not None and world.notifies[0]["resource"]["trade_state"] == "SUCCESS"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_migration_from_certificates_to_the_public_key(key_files: SandboxKeyFiles, tmp_path: Path) -> None:
+    """WeChat's migration: the simulator switches signer while the merchant knows both."""
+    async with v3_world(key_files, tmp_path, CERTIFICATE_MODE) as world:
+        status, headers, body = await signed_request(world, "GET", "/v3/certificates")
+        assert signed_by(world, headers, body) == key_files.platform_serial
+        state = await world.control(v3_mode=PUBLIC_KEY_MODE)
+        assert state["v3_serial"] == key_files.public_key_id
+        status, headers, body = await signed_request(world, "GET", "/v3/certificates")
+        assert status == 200 and signed_by(world, headers, body) == key_files.public_key_id
+        async with world.http.post(world.api_base + "/control", json={"v3_mode": "neither"}) as r:
+            assert r.status == 400
