@@ -25,7 +25,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 from wechatpayv3 import WeChatPay, WeChatPayType
-from wechatpayv3.utils import build_authorization, load_certificate, load_private_key, rsa_verify
+from wechatpayv3.utils import build_authorization, load_certificate, load_private_key, rsa_sign, rsa_verify
 
 from server.simulator import app as simulator_app
 from server.simulator.v3_keys import (
@@ -40,6 +40,7 @@ from tests.support.waiting import eventually
 
 MCHID, APPID = "1900000109", "wxd678efh567hg6787"
 PREFIX = "/sandbox/wxpay"
+ROOT = Path(__file__).resolve().parent.parent
 MODES = [PUBLIC_KEY_MODE, CERTIFICATE_MODE]
 
 
@@ -140,7 +141,8 @@ async def v3_world(files: SandboxKeyFiles, tmp: Path, mode: str, *,
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     world = World(files, sim, http, f"http://127.0.0.1:{sockets[0].getsockname()[1]}", tmp)
     app = tornado.web.Application([*simulator_app.routes(PREFIX, sim),
-                                   (r"/merchant/notify", MerchantNotify, {"world": world})])
+                                   (r"/merchant/notify", MerchantNotify, {"world": world})],
+                                  template_path=str(ROOT / "templates"), static_path=str(ROOT / "static"))
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
     try:
@@ -371,3 +373,33 @@ async def test_migration_from_certificates_to_the_public_key(key_files: SandboxK
         assert status == 200 and signed_by(world, headers, body) == key_files.public_key_id
         async with world.http.post(world.api_base + "/control", json={"v3_mode": "neither"}) as r:
             assert r.status == 400
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_request_signed_six_minutes_ago_is_refused(key_files: SandboxKeyFiles, tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, PUBLIC_KEY_MODE) as world:
+        key = load_private_key(key_files.merchant_private_key.read_text())
+        path = f"/v3/pay/transactions/out-trade-no/{order_no()}?mchid={MCHID}"
+        for age, expected in ((360, 401), (0, 404)):  # the fresh one is the control
+            timestamp, nonce = str(int(time.time()) - age), uuid.uuid4().hex
+            signature = rsa_sign(key, f"GET\n{path}\n{timestamp}\n{nonce}\n\n")
+            auth = (f'WECHATPAY2-SHA256-RSA2048 mchid="{MCHID}",nonce_str="{nonce}",signature="{signature}",'
+                    f'timestamp="{timestamp}",serial_no="{key_files.merchant_serial}"')
+            async with world.http.get(world.api_base + path, headers={"Authorization": auth}) as r:
+                assert r.status == expected, age
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_phone_page_pays_a_v3_trade_and_its_notify_is_v3(key_files: SandboxKeyFiles,
+                                                                    tmp_path: Path) -> None:
+    async with v3_world(key_files, tmp_path, PUBLIC_KEY_MODE) as world:
+        client = world.parser = world.wechatpay(PUBLIC_KEY_MODE)
+        no, code_url = await place(world, client, total=1234)
+        async with world.http.get(world.api_base + "/phone", params={"code_url": code_url}) as r:
+            assert r.status == 200 and "12.34" in await r.text()
+        async with world.http.post(world.api_base + "/phone", data={"code_url": code_url}) as r:
+            assert r.status == 200
+        await eventually(lambda: world.notifies, message="the phone's payment notified", within=10, every=0.05)
+        parsed = world.notifies[0]
+        assert parsed is not None and parsed["resource"]["out_trade_no"] == no
+        assert parsed["resource"]["amount"]["total"] == 1234
