@@ -16,8 +16,10 @@ import aiohttp
 import tornado.web
 
 from server.gateway.wxpay_v2 import signing, xmlcodec
+from server.simulator import v3
 from server.simulator.notifier import Notifier, NotifyPlan
 from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, Trade, TradeBook, TradeError
+from server.simulator.v3_keys import V3Keys
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,16 @@ class Simulator:
     trades: TradeBook
     notifier: Notifier
     api_delay: float = 0.0  # test knob: WeChat answering slowly
+    v3: V3Keys | None = None  # the v3 face is mounted only with v3 keys
 
     @classmethod
     def create(cls, session: aiohttp.ClientSession, *, appid: str, mch_id: str, key: str,
-               close_min_age_seconds: float = 300.0, notify_speed: float = 1.0) -> Simulator:
+               close_min_age_seconds: float = 300.0, notify_speed: float = 1.0,
+               v3: V3Keys | None = None) -> Simulator:
+        """``v3``: the v3 face's keys (e.g. ``generate_sandbox_keys(dir).v3_keys(mch_id, appid)``);
+        v2 and v3 share the trades, the phone and the notify knobs."""
         return cls(appid, mch_id, key, TradeBook(close_min_age_seconds),
-                   Notifier(session, key, appid, mch_id, notify_speed))
+                   Notifier(session, key, appid, mch_id, notify_speed, v3=v3), v3=v3)
 
     async def close(self) -> None:
         await self.notifier.close()
@@ -143,7 +149,8 @@ def _trade_json(trade: Trade) -> dict[str, Any]:
     return {"out_trade_no": trade.out_trade_no, "trade_state": trade.state,
             "total_fee": trade.total_fee, "transaction_id": trade.transaction_id,
             "code_url": trade.code_url, "body": trade.request.get("body", ""),
-            "spbill_create_ip": trade.request.get("spbill_create_ip", ""), "notify_replies": []}
+            "spbill_create_ip": trade.request.get("spbill_create_ip", ""), "api": trade.api,
+            "notify_replies": []}
 
 
 class PhoneJsonHandler(_SimHandler):
@@ -185,7 +192,13 @@ class PhoneJsonHandler(_SimHandler):
 
 
 class ControlHandler(_SimHandler):
-    """``POST control`` ``{"api_delay": seconds}``: test knobs for the whole simulator."""
+    """``POST control``: test knobs for the whole simulator.
+
+    ``{"api_delay": 0..60}``; v3: ``{"v3_mode": "public_key" | "certificate"}`` (who
+    signs answers and notifies: WeChat's migration from certificates to the public
+    key), ``{"v3_rotate": true}`` (a new platform certificate signs from now on,
+    the previous one still listed). Answers the state it leaves.
+    """
 
     def post(self) -> None:
         try:
@@ -193,12 +206,26 @@ class ControlHandler(_SimHandler):
             delay = float(knobs.get("api_delay", self.sim.api_delay))
             if not 0 <= delay <= 60:
                 raise ValueError
+            mode = knobs.get("v3_mode")
+            rotate = bool(knobs.get("v3_rotate", False))
+            if (mode is not None or rotate) and self.sim.v3 is None:
+                raise ValueError
+            if mode is not None:
+                assert self.sim.v3 is not None
+                self.sim.v3.set_mode(str(mode))
         except (ValueError, TypeError, AttributeError):
             self.set_status(400)
-            self.finish({"error": 'expected {"api_delay": 0..60}'})
+            self.finish({"error": 'expected {"api_delay": 0..60, "v3_mode": "public_key"|"certificate", '
+                                  '"v3_rotate": true|false} (v3 knobs only with v3 keys)'})
             return
         self.sim.api_delay = delay
-        self.finish({"api_delay": delay})
+        state: dict[str, Any] = {"api_delay": delay}
+        if self.sim.v3 is not None:
+            if rotate:
+                self.sim.v3.rotate()
+            state.update(v3_mode=self.sim.v3.mode, v3_serial=self.sim.v3.signer.serial,
+                         v3_certificates=[c.serial for c in self.sim.v3.certificates])
+        self.finish(state)
 
 
 class TradeJsonHandler(_SimHandler):
@@ -244,7 +271,7 @@ class PhonePageHandler(_SimHandler):
 def routes(prefix: str, sim: Simulator) -> list[tornado.web.URLSpec]:
     """The simulator's URL table under ``prefix`` (no trailing slash)."""
     p = prefix.rstrip("/")
-    return [
+    return [*(v3.routes(p, sim) if sim.v3 is not None else []),
         tornado.web.url(p + "/pay/unifiedorder", MerchantApiHandler, {"sim": sim, "action": "unifiedorder"}),
         tornado.web.url(p + "/pay/orderquery", MerchantApiHandler, {"sim": sim, "action": "orderquery"}),
         tornado.web.url(p + "/pay/closeorder", MerchantApiHandler, {"sim": sim, "action": "closeorder"}),

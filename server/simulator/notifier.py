@@ -1,18 +1,22 @@
-"""Delivers payment notifies the way WeChat does: signed XML POSTed to the
-order's ``notify_url``, repeated on WeChat's schedule until the merchant answers
-``return_code=SUCCESS``.
+"""Delivers payment notifies the way WeChat does: POSTed to the order's
+``notify_url``, repeated on WeChat's schedule until the merchant acknowledges.
+A v2 trade's notify is signed XML, acknowledged by ``return_code=SUCCESS``; a v3
+trade's is signed JSON with an encrypted resource, acknowledged by 200/204.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
 import aiohttp
 
 from server.gateway.wxpay_v2 import signing, xmlcodec
-from server.simulator.trades import Trade
+from server.simulator import v3
+from server.simulator.trades import V3, Trade
+from server.simulator.v3_keys import V3Keys
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +39,9 @@ class NotifyPlan:
 
 class Notifier:
     def __init__(self, session: aiohttp.ClientSession, key: str, appid: str, mch_id: str,
-                 speed: float = 1.0):
+                 speed: float = 1.0, v3: V3Keys | None = None):
         self._session = session
+        self._v3 = v3
         self._key = key
         self._appid = appid
         self._mch_id = mch_id
@@ -91,19 +96,20 @@ class Notifier:
 
     async def _post(self, trade: Trade, plan: NotifyPlan) -> bool:
         url = trade.request["notify_url"]
+        if trade.api == V3:
+            assert self._v3 is not None  # only the v3 face places v3 trades
+            data, headers = v3.notify_message(self._v3, trade, plan.coupons)
+        else:
+            data, headers = xmlcodec.render(self.message(trade, plan)), {"Content-Type": "text/xml"}
         try:
-            async with self._session.post(url, data=xmlcodec.render(self.message(trade, plan)),
-                                          headers={"Content-Type": "text/xml"},
+            async with self._session.post(url, data=data, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                body = await resp.content.read(65536)
+                status, body = resp.status, await resp.content.read(65536)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.info("simulator: notify for %s failed: %s", trade.out_trade_no, exc)
             self.deliveries.setdefault(trade.out_trade_no, []).append("UNREACHABLE")
             return False
-        try:
-            reply = xmlcodec.parse(body).get("return_code", "")
-        except xmlcodec.MalformedXML:
-            reply = "MALFORMED"
+        reply = _v3_reply(status, body) if trade.api == V3 else _v2_reply(body)
         self.deliveries.setdefault(trade.out_trade_no, []).append(reply)
         return reply == "SUCCESS"
 
@@ -111,6 +117,25 @@ class Notifier:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _v2_reply(body: bytes) -> str:
+    try:
+        return xmlcodec.parse(body).get("return_code", "")
+    except xmlcodec.MalformedXML:
+        return "MALFORMED"
+
+
+def _v3_reply(status: int, body: bytes) -> str:
+    """v3: any 2xx acknowledges (WeChat reads no body then); otherwise the
+    answer's ``code`` (``FAIL``) or the status, for the trade's record."""
+    if 200 <= status < 300:
+        return "SUCCESS"
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return str(code) if code else f"HTTP {status}"
 
 
 def _coupon_fields(total_fee: int, coupons: int) -> dict[str, str]:

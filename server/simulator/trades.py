@@ -25,18 +25,27 @@ class TradeError(Exception):
         self.err_code_des = err_code_des
 
 
+V2, V3 = "v2", "v3"
+
+
 @dataclass
 class Trade:
+    """One trade, whichever API placed it. ``request`` holds v2's field names
+    (a v3 order is translated into them), so WeChat's rules are written once;
+    ``api`` says which version placed it, hence the format of its notifies."""
+
     out_trade_no: str
     request: dict[str, str]
     created_at: float
     code_url: str
     prepay_id: str
-    time_expire: str = ""
+    time_expire: str = ""  # Beijing time, yyyyMMddHHmmss
+    api: str = V2
     state: str = NOTPAY
     transaction_id: str = ""
     time_end: str = ""
     openid: str = field(default_factory=lambda: "oSim" + secrets.token_hex(12))
+    notify_id: str = field(default_factory=lambda: "EV-" + secrets.token_hex(16))  # v3: same id on every retry
 
     @property
     def total_fee(self) -> int:
@@ -49,7 +58,7 @@ class TradeBook:
         self._by_out_trade_no: dict[str, Trade] = {}
         self._by_code_url: dict[str, Trade] = {}
 
-    def unified_order(self, request: dict[str, str]) -> Trade:
+    def unified_order(self, request: dict[str, str], api: str = V2) -> Trade:
         no = request["out_trade_no"]
         trade = self._by_out_trade_no.get(no)
         if trade is not None:
@@ -68,6 +77,7 @@ class TradeBook:
             code_url=f"weixin://wxpay/bizpayurl?pr={pr}",
             prepay_id="wx" + secrets.token_hex(14),
             time_expire=request.get("time_expire", ""),
+            api=api,
         )
         self._by_out_trade_no[no] = trade
         self._by_code_url[trade.code_url] = trade

@@ -1,0 +1,305 @@
+"""WeChat Pay API v3 face of the simulator: JSON, RSA signatures both ways,
+AES-GCM notify resources, ``/v3/certificates``.
+
+The merchant's requests are verified as WeChat does (``Authorization:
+WECHATPAY2-SHA256-RSA2048 ...`` over ``METHOD\\nURL\\ntimestamp\\nnonce\\nbody\\n``,
+the merchant certificate found by ``serial_no``); every answer, error answers
+included, is signed over ``timestamp\\nnonce\\nbody\\n`` with the signer of the
+current mode. Trades live in the same TradeBook as v2's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+import time
+from typing import Any, Protocol
+
+import tornado.web
+
+from server.simulator import v3_keys
+from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, V3, Trade, TradeBook, TradeError
+from server.simulator.v3_keys import SIGNATURE_TYPE, V3Keys
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+CLOCK_SKEW = 300  # seconds a request's timestamp may be off, as WeChat allows
+BEIJING = dt.timezone(dt.timedelta(hours=8))
+OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{6,32}$")
+AUTH_FIELD = re.compile(r'(\w+)="([^"]*)"')
+
+# v2 error codes of the shared TradeBook -> v3's (HTTP status, code).
+V3_ERRORS = {
+    "ORDERNOTEXIST": (404, "ORDER_NOT_EXIST"),
+    "ORDERPAID": (403, "ORDERPAID"),
+    "ORDERCLOSED": (400, "ORDER_CLOSED"),
+    "INVALID_REQUEST": (403, "OUT_TRADE_NO_USED"),
+    "CLOSE_TOO_EARLY": (400, "CLOSE_TOO_EARLY"),  # the simulator's: WeChat documents no code for it
+}
+
+
+class Simulated(Protocol):
+    """What the v3 face uses of the simulator (``app.Simulator``, which imports this module)."""
+
+    trades: TradeBook
+    api_delay: float
+    v3: V3Keys | None
+
+
+class V3Error(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def of(cls, exc: TradeError) -> V3Error:
+        status, code = V3_ERRORS.get(exc.err_code, (400, exc.err_code))
+        return cls(status, code, exc.err_code_des)
+
+
+def rfc3339(epoch: float) -> str:
+    """WeChat's time format: Beijing time with its offset, to the second."""
+    return dt.datetime.fromtimestamp(int(epoch), BEIJING).isoformat()
+
+
+def beijing_compact(value: str) -> str:
+    """RFC 3339 -> the TradeBook's yyyyMMddHHmmss Beijing time."""
+    when = dt.datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        raise ValueError("time without an offset")
+    return when.astimezone(BEIJING).strftime("%Y%m%d%H%M%S")
+
+
+def _success_time(trade: Trade) -> str:
+    paid = dt.datetime.strptime(trade.time_end, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+    return paid.isoformat()
+
+
+def transaction(keys: V3Keys, trade: Trade, coupons: int = 0) -> dict[str, Any]:
+    """A trade as v3's query answers it and as a notify's resource carries it."""
+    answer: dict[str, Any] = {
+        "appid": trade.request.get("appid", keys.appid), "mchid": keys.mchid,
+        "out_trade_no": trade.out_trade_no, "trade_state": trade.state,
+        "trade_state_desc": TRADE_STATE_DESC[trade.state], "attach": trade.request.get("attach", ""),
+        "amount": {"total": trade.total_fee, "currency": "CNY"},
+    }
+    if trade.state == SUCCESS:
+        paid_in_coupons = max(0, min(coupons, trade.total_fee - 1))
+        answer.update(transaction_id=trade.transaction_id, trade_type="NATIVE", bank_type="OTHERS",
+                      success_time=_success_time(trade), payer={"openid": trade.openid})
+        answer["amount"].update(payer_total=trade.total_fee - paid_in_coupons, payer_currency="CNY")
+        if paid_in_coupons:
+            answer["promotion_detail"] = [
+                {"coupon_id": str(2000000000000000000 + i), "name": "simulated coupon", "scope": "GLOBAL",
+                 "type": "NOCASH" if i % 2 else "CASH", "amount": 1, "currency": "CNY"}
+                for i in range(paid_in_coupons)]
+    return answer
+
+
+def signed_headers(keys: V3Keys, body: bytes) -> dict[str, str]:
+    """WeChat's signature headers over a body it sends (answer or notify)."""
+    signer = keys.signer
+    timestamp, nonce = str(int(time.time())), v3_keys.new_nonce()
+    return {"Wechatpay-Timestamp": timestamp, "Wechatpay-Nonce": nonce, "Wechatpay-Serial": signer.serial,
+            "Wechatpay-Signature": signer.sign(f"{timestamp}\n{nonce}\n{body.decode()}\n"),
+            "Wechatpay-Signature-Type": SIGNATURE_TYPE}
+
+
+def notify_message(keys: V3Keys, trade: Trade, coupons: int = 0) -> tuple[bytes, dict[str, str]]:
+    """A TRANSACTION.SUCCESS notify as WeChat POSTs it: body and headers
+    (``coupons``: the shopper paid that many fen with coupons)."""
+    resource = json.dumps(transaction(keys, trade, coupons), ensure_ascii=False)
+    body = json.dumps({
+        "id": trade.notify_id, "create_time": rfc3339(time.time()), "resource_type": "encrypt-resource",
+        "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
+        "resource": {"original_type": "transaction",
+                     **v3_keys.encrypt(keys.apiv3_key, resource.encode(), "transaction")},
+    }, ensure_ascii=False).encode()
+    return body, {"Content-Type": "application/json", **signed_headers(keys, body)}
+
+
+class V3Handler(tornado.web.RequestHandler):
+    """Authenticates the merchant, dispatches, signs whatever it answers."""
+
+    def initialize(self, sim: Simulated, prefix: str) -> None:
+        self.sim = sim
+        self.prefix = prefix
+        assert sim.v3 is not None  # routes() mounts this face only with v3 keys
+        self.keys: V3Keys = sim.v3
+
+    def check_xsrf_cookie(self) -> None:
+        """Server-to-server and cookie-less: nothing for XSRF to protect."""
+
+    async def prepare(self) -> None:
+        if self.sim.api_delay:
+            await asyncio.sleep(self.sim.api_delay)
+
+    async def _serve(self, action: Any, *args: str) -> None:
+        try:
+            self._authenticate()
+            status, answer = action(*args)
+        except V3Error as exc:
+            log.info("simulator v3: %s %s refused: %s %s", self.request.method, self.request.path, exc.code,
+                     exc.message)
+            status, answer = exc.status, {"code": exc.code, "message": exc.message}
+        except TradeError as exc:
+            err = V3Error.of(exc)
+            status, answer = err.status, {"code": err.code, "message": err.message}
+        self._answer(status, answer)
+
+    def _authenticate(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, rest = header.partition(" ")
+        fields = dict(AUTH_FIELD.findall(rest))
+        if scheme != SIGNATURE_TYPE or not all(
+                fields.get(f) for f in ("mchid", "nonce_str", "signature", "timestamp", "serial_no")):
+            raise V3Error(401, "SIGN_ERROR", "Authorization不合法")
+        if fields["mchid"] != self.keys.mchid:
+            raise V3Error(401, "SIGN_ERROR", "商户号与证书不匹配")
+        public_key = self.keys.merchant_key(fields["serial_no"])
+        if public_key is None:
+            raise V3Error(401, "SIGN_ERROR", "商户证书序列号有误")
+        if not fields["timestamp"].isdigit() or abs(time.time() - int(fields["timestamp"])) > CLOCK_SKEW:
+            raise V3Error(401, "SIGN_ERROR", "请求时间戳与系统时间相差过大")
+        body = self.request.body.decode("utf-8", errors="replace")
+        uri = self.request.uri or ""
+        # The merchant signs the URL as it would against api.mch.weixin.qq.com;
+        # behind the sandbox prefix either reading of "the URL" is honest.
+        urls = {uri, uri.removeprefix(self.prefix)}
+        if not any(v3_keys.verify(public_key, f"{self.request.method}\n{url}\n{fields['timestamp']}\n"
+                                              f"{fields['nonce_str']}\n{body}\n", fields["signature"])
+                   for url in urls):
+            raise V3Error(401, "SIGN_ERROR", "签名错误")
+
+    def _json_body(self) -> dict[str, Any]:
+        if len(self.request.body) > MAX_BODY:
+            raise V3Error(400, "PARAM_ERROR", "请求体过大")
+        try:
+            payload = json.loads(self.request.body)
+        except (ValueError, UnicodeDecodeError):
+            raise V3Error(400, "PARAM_ERROR", "请求体不是合法的JSON") from None
+        if not isinstance(payload, dict):
+            raise V3Error(400, "PARAM_ERROR", "请求体不是JSON对象")
+        return payload
+
+    def _check_mchid(self, mchid: Any) -> None:
+        if not mchid:
+            raise V3Error(400, "PARAM_ERROR", "缺少参数mchid")
+        if mchid != self.keys.mchid:
+            raise V3Error(400, "MCH_NOT_EXISTS", "商户号不存在")
+
+    def _answer(self, status: int, answer: dict[str, Any] | None) -> None:
+        body = b"" if answer is None else json.dumps(answer, ensure_ascii=False).encode()
+        self.set_status(status)
+        self.clear_header("Content-Type")
+        if answer is not None:
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Request-ID", secrets.token_hex(16))
+        for name, value in signed_headers(self.keys, body).items():
+            self.set_header(name, value)
+        self.finish(body or None)
+
+
+class NativeHandler(V3Handler):
+    """``POST /v3/pay/transactions/native``."""
+
+    async def post(self) -> None:
+        await self._serve(self._native)
+
+    def _native(self) -> tuple[int, dict[str, Any]]:
+        order = self._json_body()
+        missing = [f for f in ("appid", "mchid", "description", "out_trade_no", "notify_url", "amount")
+                   if not order.get(f)]
+        if missing:
+            raise V3Error(400, "PARAM_ERROR", "缺少参数" + ",".join(missing))
+        self._check_mchid(order["mchid"])
+        if order["appid"] != self.keys.appid:
+            raise V3Error(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配")
+        amount = order["amount"]
+        total = amount.get("total") if isinstance(amount, dict) else None
+        if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
+            raise V3Error(400, "PARAM_ERROR", "amount.total必须是正整数(分)")
+        if amount.get("currency", "CNY") != "CNY":
+            raise V3Error(400, "PARAM_ERROR", "amount.currency只支持CNY")
+        if not isinstance(order["out_trade_no"], str) or not OUT_TRADE_NO.match(order["out_trade_no"]):
+            raise V3Error(400, "PARAM_ERROR", "out_trade_no格式错误")
+        if not isinstance(order["description"], str) or len(order["description"]) > 127:
+            raise V3Error(400, "PARAM_ERROR", "description格式错误")
+        if not str(order["notify_url"]).startswith(("http://", "https://")):
+            raise V3Error(400, "PARAM_ERROR", "notify_url格式错误")
+        request = {"appid": order["appid"], "mch_id": order["mchid"], "body": order["description"],
+                   "out_trade_no": order["out_trade_no"], "total_fee": str(total), "trade_type": "NATIVE",
+                   "notify_url": str(order["notify_url"]), "attach": str(order.get("attach", ""))}
+        scene = order.get("scene_info")
+        if isinstance(scene, dict) and scene.get("payer_client_ip"):
+            request["spbill_create_ip"] = str(scene["payer_client_ip"])
+        if order.get("time_expire"):
+            try:
+                request["time_expire"] = beijing_compact(str(order["time_expire"]))
+            except ValueError:
+                raise V3Error(400, "PARAM_ERROR", "time_expire格式错误(RFC 3339)") from None
+        trade = self.sim.trades.unified_order(request, api=V3)
+        return 200, {"code_url": trade.code_url}
+
+
+class QueryHandler(V3Handler):
+    """``GET /v3/pay/transactions/out-trade-no/{no}?mchid=``."""
+
+    async def get(self, out_trade_no: str) -> None:
+        await self._serve(self._query, out_trade_no)
+
+    def _query(self, out_trade_no: str) -> tuple[int, dict[str, Any]]:
+        self._check_mchid(self.get_query_argument("mchid", ""))
+        return 200, transaction(self.keys, self.sim.trades.get(out_trade_no))
+
+
+class CloseHandler(V3Handler):
+    """``POST /v3/pay/transactions/out-trade-no/{no}/close`` ``{"mchid"}`` -> 204."""
+
+    async def post(self, out_trade_no: str) -> None:
+        await self._serve(self._close, out_trade_no)
+
+    def _close(self, out_trade_no: str) -> tuple[int, None]:
+        self._check_mchid(self._json_body().get("mchid"))
+        self.sim.trades.close(out_trade_no)
+        return 204, None
+
+
+class CertificatesHandler(V3Handler):
+    """``GET /v3/certificates``: the platform certificates, encrypted with the APIv3 key."""
+
+    async def get(self) -> None:
+        await self._serve(self._certificates)
+
+    def _certificates(self) -> tuple[int, dict[str, Any]]:
+        data = []
+        for signer in self.keys.certificates:
+            cert = signer.certificate
+            assert cert is not None  # certificates are certificate signers
+            data.append({
+                "serial_no": signer.serial,
+                "effective_time": cert.not_valid_before_utc.astimezone(BEIJING).isoformat(),
+                "expire_time": cert.not_valid_after_utc.astimezone(BEIJING).isoformat(),
+                "encrypt_certificate": v3_keys.encrypt(self.keys.apiv3_key, v3_keys.certificate_pem(cert),
+                                                       "certificate"),
+            })
+        return 200, {"data": data}
+
+
+def routes(prefix: str, sim: Simulated) -> list[tornado.web.URLSpec]:
+    p = prefix.rstrip("/")
+    args = {"sim": sim, "prefix": p}
+    no = r"([A-Za-z0-9_\-|*]{1,32})"
+    return [
+        tornado.web.url(p + "/v3/pay/transactions/native", NativeHandler, args),
+        tornado.web.url(p + "/v3/pay/transactions/out-trade-no/" + no, QueryHandler, args),
+        tornado.web.url(p + "/v3/pay/transactions/out-trade-no/" + no + "/close", CloseHandler, args),
+        tornado.web.url(p + "/v3/certificates", CertificatesHandler, args),
+    ]
