@@ -36,6 +36,7 @@ APIV3_KEY_LENGTH = 32
 # its docs ask the merchant to refuse it like any other bad signature.
 SIGNTEST_PREFIX = "WECHATPAY/SIGNTEST/"
 _NONCE_ALPHABET = string.ascii_uppercase + string.digits
+_HEX_DIGITS = frozenset("0123456789ABCDEF")
 
 
 class CredentialError(ValueError):
@@ -86,6 +87,15 @@ def certificate_serial(cert: x509.Certificate) -> str:
     """The serial as WeChat writes it: upper-case hex of the serial's bytes."""
     n = cert.serial_number
     return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big").hex().upper()
+
+
+def serial_key(serial: str) -> str:
+    """A serial in one form for comparing: a certificate serial is a number
+    (``0A1B`` and ``a1b`` are the same), a ``PUB_KEY_ID_...`` is a name."""
+    text = serial.strip().upper()
+    if text and all(c in _HEX_DIGITS for c in text):
+        return text.lstrip("0") or "0"
+    return text
 
 
 def certificate_public_key(cert: x509.Certificate, what: str = "certificate") -> rsa.RSAPublicKey:

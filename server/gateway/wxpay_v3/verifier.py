@@ -18,6 +18,7 @@ signature under either is accepted, so the switch fails no notify.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -38,6 +39,9 @@ REFRESH_INTERVAL = 12 * 3600.0
 MIN_FETCH_INTERVAL = 60.0
 
 Fetcher = Callable[[], Awaitable[list[x509.Certificate]]]
+# Set while the fetcher runs: the fetch's own answers must not start another
+# fetch (it would wait for the lock the running one holds).
+_FETCHING: contextvars.ContextVar[bool] = contextvars.ContextVar("wxpay_v3_fetching", default=False)
 
 
 class SignatureRejected(Exception):
@@ -54,6 +58,7 @@ class UnknownSerial(SignatureRejected):
 
 @dataclass(frozen=True)
 class _Key:
+    serial: str  # as WeChat writes it
     key: rsa.RSAPublicKey
     expires: float | None  # epoch seconds; None for the public key, which does not expire
 
@@ -84,7 +89,7 @@ class Verifier:
         self.public_key_id = public_key_id
         self._keys: dict[str, _Key] = {}
         if public_key_id is not None and public_key is not None:
-            self._keys[public_key_id.upper()] = _Key(public_key, None)
+            self._keys[crypto.serial_key(public_key_id)] = _Key(public_key_id, public_key, None)
         self._dir = Path(certificates_dir) if certificates_dir is not None else None
         self._fetcher: Fetcher | None = None
         self._fetch_lock = asyncio.Lock()
@@ -102,7 +107,7 @@ class Verifier:
     def serials(self) -> list[str]:
         """The serials a signature is accepted under now."""
         now = self._clock()
-        return sorted(s for s, k in self._keys.items() if k.expires is None or k.expires > now)
+        return sorted(k.serial for k in self._keys.values() if k.expires is None or k.expires > now)
 
     def request_serial(self) -> str | None:
         """What to send as ``Wechatpay-Serial`` with a request: the public key's
@@ -111,7 +116,7 @@ class Verifier:
         if self.public_key_id:
             return self.public_key_id
         now = self._clock()
-        live = [(k.expires or 0.0, s) for s, k in self._keys.items() if k.expires is not None and k.expires > now]
+        live = [(k.expires, k.serial) for k in self._keys.values() if k.expires is not None and k.expires > now]
         return max(live)[1] if live else None
 
     def add_certificates(self, certs: Iterable[x509.Certificate]) -> list[str]:
@@ -125,9 +130,10 @@ class Verifier:
             if expires <= now:
                 log.warning("platform certificate %s expired, not taken", serial)
                 continue
-            if serial not in self._keys:
+            if crypto.serial_key(serial) not in self._keys:
                 added.append(serial)
-            self._keys[serial] = _Key(crypto.certificate_public_key(cert, f"platform certificate {serial}"), expires)
+            self._keys[crypto.serial_key(serial)] = _Key(
+                serial, crypto.certificate_public_key(cert, f"platform certificate {serial}"), expires)
             self._store(serial, cert)
         self._forget_expired(now)
         if added:
@@ -135,12 +141,12 @@ class Verifier:
         return added
 
     def _forget_expired(self, now: float) -> None:
-        for serial, k in list(self._keys.items()):
+        for name, k in list(self._keys.items()):
             if k.expires is not None and k.expires <= now:
-                del self._keys[serial]
-                log.info("platform certificate %s expired, dropped", serial)
+                del self._keys[name]
+                log.info("platform certificate %s expired, dropped", k.serial)
                 if self._dir is not None:
-                    (self._dir / f"{serial}.pem").unlink(missing_ok=True)
+                    (self._dir / f"{k.serial}.pem").unlink(missing_ok=True)
 
     def _store(self, serial: str, cert: x509.Certificate) -> None:
         if self._dir is None:
@@ -187,7 +193,8 @@ class Verifier:
         skew = self._clock() - at
         if abs(skew) > self.window:
             raise SignatureRejected(f"Wechatpay-Timestamp {at} is {skew:+.0f}s from now (window {self.window:.0f}s)")
-        key = (extra or {}).get(serial.upper()) or self._key(serial)
+        extra_keys = {crypto.serial_key(s): k for s, k in (extra or {}).items()}
+        key = extra_keys.get(crypto.serial_key(serial)) or self._key(serial)
         if key is None:
             raise UnknownSerial(serial)
         if not crypto.verify(key, timestamp, nonce, body, signature):
@@ -195,7 +202,7 @@ class Verifier:
         return serial
 
     def _key(self, serial: str) -> rsa.RSAPublicKey | None:
-        k = self._keys.get(serial.upper())
+        k = self._keys.get(crypto.serial_key(serial))
         if k is None or (k.expires is not None and k.expires <= self._clock()):
             return None
         return k.key
@@ -206,7 +213,7 @@ class Verifier:
         try:
             return self.check(headers, body)
         except UnknownSerial:
-            if not self.certificate_mode:
+            if not self.certificate_mode or _FETCHING.get():
                 raise
             # A concurrent asker's fetch counts too: check again whether this one ran or not.
             await self.refresh(reason="unknown serial")
@@ -229,11 +236,14 @@ class Verifier:
             if not force and self._clock() - self._last_fetch < self.min_fetch_interval:
                 return False
             self._last_fetch = self._clock()
+            token = _FETCHING.set(True)
             try:
                 certs = await self._fetcher()
             except Exception as exc:  # the certificates we hold keep working; the next fetch may succeed
                 log.warning("platform certificates fetch failed (%s): %s", reason or "periodic", exc)
                 return False
+            finally:
+                _FETCHING.reset(token)
             self.add_certificates(certs)
             return True
 
