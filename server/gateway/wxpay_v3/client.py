@@ -1,0 +1,214 @@
+"""WeChat Pay API v3 client for Native checkout: place, query and close a
+trade, and download the platform certificates.
+
+One aiohttp session for the process. Every request carries the
+``WECHATPAY2-SHA256-RSA2048`` Authorization over the exact bytes sent; every
+2xx answer's signature is checked by the Verifier before a field of it is
+read. An error answer (4xx) that is signed must verify too; an unsigned one is
+read as WeChat's official SDKs read it (they check the status first), since
+WeChat does not sign every error. What cannot be trusted is GatewayUnavailable:
+asking again later is always safe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from yarl import URL
+
+from server.gateway.errors import (
+    CloseTooEarly,
+    GatewayError,
+    GatewayUnavailable,
+    TradeAlreadyPaid,
+    TradeClosed,
+    TradeNotFound,
+)
+from server.gateway.wxpay_v3 import crypto
+from server.gateway.wxpay_v3.verifier import SignatureRejected, Verifier, header
+
+log = logging.getLogger(__name__)
+
+CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
+MAX_ANSWER = 1 << 20
+
+_KINDS: dict[str, type[GatewayError]] = {
+    "ORDER_NOT_EXIST": TradeNotFound,
+    "RESOURCE_NOT_EXISTS": TradeNotFound,
+    "ORDERNOTEXIST": TradeNotFound,
+    "ORDERPAID": TradeAlreadyPaid,
+    "ORDER_PAID": TradeAlreadyPaid,
+    "ORDER_CLOSED": TradeClosed,
+    "ORDERCLOSED": TradeClosed,
+    "CLOSE_TOO_EARLY": CloseTooEarly,  # the simulator's; WeChat documents no code for it
+    "SYSTEM_ERROR": GatewayUnavailable,
+    "SYSTEMERROR": GatewayUnavailable,
+    "FREQUENCY_LIMITED": GatewayUnavailable,
+    "FREQUENCY_LIMIT_EXCEED": GatewayUnavailable,
+    "RATELIMIT_EXCEEDED": GatewayUnavailable,
+}
+
+
+def rfc3339(when: dt.datetime) -> str:
+    """WeChat's ``yyyy-MM-DDTHH:mm:ss+08:00``."""
+    return when.astimezone(CHINA_TZ).isoformat(timespec="seconds")
+
+
+def parse_rfc3339(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def v3_error(status: int, code: str, message: str) -> GatewayError:
+    """The typed error for a v3 error answer."""
+    kind = _KINDS.get(code)
+    if kind is None:
+        kind = GatewayUnavailable if status >= 500 or status == 429 else GatewayError
+    return kind(code, message)
+
+
+class WxPayV3Client:
+    def __init__(self, session: aiohttp.ClientSession, api_base: str, mchid: str, appid: str, serial: str,
+                 private_key: rsa.RSAPrivateKey, apiv3_key: str | bytes, verifier: Verifier,
+                 timeout: float = 10.0):
+        self._session = session
+        self._api_base = api_base.rstrip("/")
+        self.mchid = mchid
+        self.appid = appid
+        self.serial = serial
+        self._private_key = private_key
+        self.apiv3_key = crypto.apiv3_key(apiv3_key)
+        self.verifier = verifier
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        verifier.fetch_with(self.download_certificates)
+
+    # -- the calls ------------------------------------------------------------
+
+    async def create_native(self, *, out_trade_no: str, description: str, total: int, notify_url: str,
+                            time_expire: dt.datetime, client_ip: str = "127.0.0.1") -> dict[str, Any]:
+        """Place (or fetch again) a Native trade; the answer carries ``code_url``."""
+        reply = await self._call("POST", "/v3/pay/transactions/native", {
+            "appid": self.appid,
+            "mchid": self.mchid,
+            "description": description[:127],
+            "out_trade_no": out_trade_no,
+            "time_expire": rfc3339(time_expire),
+            "notify_url": notify_url,
+            "amount": {"total": total, "currency": "CNY"},
+            "scene_info": {"payer_client_ip": client_ip},
+        })
+        if not isinstance(reply.get("code_url"), str) or not reply["code_url"]:
+            raise GatewayUnavailable("BAD_RESPONSE", "native order answered without code_url")
+        return reply
+
+    async def query(self, out_trade_no: str) -> dict[str, Any]:
+        """The trade as WeChat sees it (``trade_state``, ``transaction_id``, ``amount.total``, ``success_time``)."""
+        reply = await self._call(
+            "GET", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}?mchid={quote(self.mchid)}")
+        if reply.get("mchid", self.mchid) != self.mchid or reply.get("appid", self.appid) != self.appid:
+            raise GatewayUnavailable("BAD_RESPONSE", f"query for {out_trade_no}: answer is for another merchant")
+        if reply.get("out_trade_no", out_trade_no) != out_trade_no:
+            raise GatewayUnavailable("BAD_RESPONSE", f"query for {out_trade_no}: answer is for another trade")
+        return reply
+
+    async def close(self, out_trade_no: str) -> None:
+        await self._call("POST", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close",
+                         {"mchid": self.mchid})
+
+    async def download_certificates(self) -> list[x509.Certificate]:
+        """The platform certificates ``/v3/certificates`` lists, decrypted with
+        the APIv3 key (which only WeChat and we hold), the answer verified under
+        them or under one we already trust."""
+        raw, headers = await self._exchange("GET", "/v3/certificates", None)
+        reply = self._json(raw, "/v3/certificates")
+        certs: dict[str, x509.Certificate] = {}
+        for entry in reply.get("data") or []:
+            try:
+                enc = entry["encrypt_certificate"]
+                pem = crypto.decrypt_resource(self.apiv3_key, enc["nonce"], enc.get("associated_data", ""),
+                                              enc["ciphertext"])
+                cert = crypto.load_certificate(pem, "platform certificate")
+            except (KeyError, TypeError, crypto.DecryptError, crypto.CredentialError) as exc:
+                log.warning("/v3/certificates: entry %s skipped: %s", str(entry.get("serial_no", "?"))[:64], exc)
+                continue
+            serial = crypto.certificate_serial(cert)
+            if crypto.serial_key(str(entry.get("serial_no", ""))) != crypto.serial_key(serial):
+                log.warning("/v3/certificates: listed serial %s is certificate %s, skipped",
+                            str(entry.get("serial_no"))[:64], serial)
+                continue
+            certs[serial] = cert
+        extra = {s: crypto.certificate_public_key(c, f"platform certificate {s}") for s, c in certs.items()}
+        try:
+            self.verifier.check(headers, raw, extra=extra)
+        except SignatureRejected as exc:
+            raise GatewayUnavailable("BAD_RESPONSE", f"/v3/certificates: {exc}") from None
+        return list(certs.values())
+
+    # -- one exchange -----------------------------------------------------------
+
+    async def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        raw, headers = await self._exchange(method, path, payload)
+        try:
+            await self.verifier.check_async(headers, raw)
+        except SignatureRejected as exc:
+            raise GatewayUnavailable("BAD_RESPONSE", f"{method} {path.split('?')[0]}: {exc}") from None
+        return self._json(raw, path) if raw else {}
+
+    async def _exchange(self, method: str, path: str,
+                        payload: Mapping[str, Any] | None) -> tuple[bytes, Mapping[str, str]]:
+        """Send one signed request; the 2xx answer's raw body and headers, or the typed error."""
+        body = b"" if payload is None else json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {
+            "Authorization": crypto.authorization(self.mchid, self.serial, self._private_key, method, path, body),
+            "Accept": "application/json",
+            "User-Agent": "paypush",
+        }
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        serial = self.verifier.request_serial()
+        if serial:
+            headers["Wechatpay-Serial"] = serial
+        where = f"{method} {path.split('?')[0]}"
+        try:
+            # encoded=True: the path and query go out exactly as signed.
+            async with self._session.request(method, URL(self._api_base + path, encoded=True), data=body or None,
+                                             headers=headers, timeout=self._timeout) as resp:
+                raw = await resp.content.read(MAX_ANSWER)
+                status, answer_headers = resp.status, resp.headers
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise GatewayUnavailable("UNREACHABLE", f"{where}: {type(exc).__name__} {exc}".strip()) from None
+        if 200 <= status < 300:
+            return raw, answer_headers
+        raise await self._error(where, status, raw, answer_headers)
+
+    async def _error(self, where: str, status: int, raw: bytes, headers: Mapping[str, str]) -> GatewayError:
+        try:
+            answer = json.loads(raw)
+            code, message = str(answer.get("code") or f"HTTP_{status}"), str(answer.get("message") or "")
+        except (ValueError, AttributeError):
+            code, message = f"HTTP_{status}", raw[:200].decode("utf-8", "replace")
+        if header(headers, "Wechatpay-Signature"):
+            try:
+                await self.verifier.check_async(headers, raw)
+            except SignatureRejected as exc:
+                return GatewayUnavailable("BAD_RESPONSE", f"{where}: HTTP {status} {code}, but {exc}")
+        elif status < 500:
+            log.info("%s: unsigned HTTP %s %s", where, status, code)
+        return v3_error(status, code, f"{where}: {message}" if message else where)
+
+    @staticmethod
+    def _json(raw: bytes, path: str) -> dict[str, Any]:
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise GatewayUnavailable("BAD_RESPONSE", f"{path.split('?')[0]}: answer is not JSON") from None
+        if not isinstance(answer, dict):
+            raise GatewayUnavailable("BAD_RESPONSE", f"{path.split('?')[0]}: answer is not a JSON object")
+        return answer
