@@ -19,6 +19,7 @@ from tornado.http1connection import HTTP1Connection
 
 from handlers.base import BaseHandler
 from server.domain.payments import NotifyRejected, Payments
+from server.gateway.abc import PaymentGateway
 from server.gateway.wxpay_v2 import xmlcodec
 from server.lifecycle import InFlight
 
@@ -30,11 +31,12 @@ MAX_NOTIFY_BODY = 64 * 1024
 @tornado.web.stream_request_body
 class NotifyHandler(BaseHandler):
     def initialize(self, requests: InFlight, payments: Payments,  # type: ignore[override]
-                   count: Callable[[str], None]) -> None:
+                   count: Callable[[str], None], reader: PaymentGateway | None = None) -> None:
         """``count``: told each notify's outcome (acknowledged, rejected, storage_unavailable)."""
         super().initialize(requests)
         self.payments = payments
         self.count = count
+        self.reader = reader  # reads this endpoint's notifies (the WeChat Pay API version it speaks)
 
     def check_xsrf_cookie(self) -> None:
         """Exempt: a notify carries no cookie; its signature is its proof."""
@@ -66,7 +68,7 @@ class NotifyHandler(BaseHandler):
         if self._too_large:
             return self._reply_fail("body too large", 413)
         try:
-            order_id = await self.payments.handle_notify(b"".join(self._chunks), self.request.headers)
+            order_id = await self.payments.handle_notify(b"".join(self._chunks), self.request.headers, self.reader)
         except NotifyRejected as exc:
             self.count("rejected")
             return self._reply_fail(str(exc), 400)

@@ -16,11 +16,10 @@ import aiohttp
 
 from server.accounts.login_throttle import LoginLimits, LoginThrottle
 from server.composition import demo
+from server.composition.gateways import Gateway, build_gateway
 from server.domain.orders import Orders
 from server.domain.payments import Payments
 from server.domain.timeouts import Timeouts
-from server.gateway.wxpay_v2.client import Merchant, WxPayClient
-from server.gateway.wxpay_v2.gateway import WxPayV2Gateway
 from server.infra import store as store_mod
 from server.infra.bus import Bus
 from server.infra.embedded_mongo import EmbeddedMongo
@@ -66,10 +65,12 @@ class Services:
     passes: InFlight = field(default_factory=lambda: InFlight("worker passes"))
     deadline_messages: InFlight = field(default_factory=lambda: InFlight("timeout messages"))
     timeout_stats: Counter[str] = field(default_factory=Counter)
+    gateway: Gateway | None = None  # which WeChat Pay API, and what it needs running
     # Set at shutdown: workers start no new pass, the timeout consumer takes no new message.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _workers: list[asyncio.Task[None]] = field(default_factory=list)
     _keep_alive: asyncio.Task[None] | None = None
+    _background: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self._wire_hooks()
@@ -121,6 +122,9 @@ class Services:
             loop.create_task(active_query.run(active, stop, self.passes), name="active-query"),
         ]
         self._keep_alive = loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive")
+        if self.gateway is not None and self.gateway.background is not None:
+            # Cancelled with the keep-alive at close; it holds no work a stop should wait for.
+            self._background = loop.create_task(self.gateway.background(), name="wxpay-certificates")
 
     def stop_taking_work(self) -> None:
         """Shutdown, first step: the sweeper, the active query, the outbox
@@ -159,7 +163,7 @@ class Services:
 
         self.stop_taking_work()
         self.metrics.unwatch_gc()
-        tasks = [*self._workers, *([self._keep_alive] if self._keep_alive else [])]
+        tasks = [*self._workers, *(t for t in (self._keep_alive, self._background) if t is not None)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -179,10 +183,9 @@ class Services:
 
 async def open_services(settings: Settings, mongo_url: str,
                         embedded_mongo: EmbeddedMongo | None = None) -> Services:
-    """``embedded_mongo``: the server behind ``mongo_url`` when this process runs one (liveness watches it)."""
-    if settings.wxpay_api != "v2":
-        raise RuntimeError(f"WXPAY_API={settings.wxpay_api} is not available in this build: set WXPAY_API=v2")
-    """Connect to MongoDB (creating indexes) and RabbitMQ, and build the service layer."""
+    """Connect to MongoDB (creating indexes) and RabbitMQ, and build the service layer.
+
+    ``embedded_mongo``: the server behind ``mongo_url`` when this process runs one (liveness watches it)."""
     store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     await store_mod.create_indexes(store)
     bus = await Bus.connect(settings.amqp_url)
@@ -190,9 +193,8 @@ async def open_services(settings: Settings, mongo_url: str,
                                                  settings.timeout_retry_delays, settings.deployment,
                                                  await store_mod.deployment_id(store))
     http = aiohttp.ClientSession()
-    merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
-                        settings.wxpay_sign_type)
-    gateway = WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant))
+    built = build_gateway(settings, http)
+    gateway = built.gateway
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
     orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues,
@@ -205,10 +207,10 @@ async def open_services(settings: Settings, mongo_url: str,
         simulator = Simulator.create(http, appid=settings.wxpay_appid, mch_id=settings.wxpay_mch_id,
                                      key=settings.wxpay_key,
                                      close_min_age_seconds=settings.sim_close_min_age_seconds,
-                                     notify_speed=settings.sim_notify_speed)
+                                     notify_speed=settings.sim_notify_speed, v3=built.simulator_v3)
         await demo.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
                     Timeouts(orders, payments, gateway), simulator,
                     login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)),
-                    embedded_mongo=embedded_mongo)
+                    embedded_mongo=embedded_mongo, gateway=built)

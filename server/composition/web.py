@@ -87,6 +87,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         push_route=settings.push_route, csp=pages.page_csp(settings.public_url, settings.stomp_url),
         secure_cookies=settings.public_url.startswith("https://"))}
     orders = {"requests": requests, "orders": services.orders}
+    notifies = {"requests": requests, "payments": services.payments,
+                "count": lambda outcome: services.metrics.notifies.labels(outcome).inc()}
     probes = {"requests": requests, "probes": services.probes}
     socket = {"deps": ws.SocketDeps(
         hub=services.hub, orders=services.orders, tokens=services.push_tokens,
@@ -105,8 +107,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler,
                         {"requests": requests, "payments": services.payments}),
         tornado.web.url(r"/wxpay/notify", notify.NotifyHandler,
-                        {"requests": requests, "payments": services.payments,
-                         "count": lambda outcome: services.metrics.notifies.labels(outcome).inc()}),
+                        {**notifies, "reader": services.gateway.v2_notices if services.gateway else None}),
+        tornado.web.url(r"/wxpay/v3/notify", notify.V3NotifyHandler, notifies),
         tornado.web.url(r"/ws/pay", ws.PaySocket, socket),
         tornado.web.url(r"/vendor/stompjs/(stomp\.umd\.min\.js)", tornado.web.StaticFileHandler,
                         {"path": str(ROOT / "node_modules/@stomp/stompjs/bundles")}),

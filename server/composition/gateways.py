@@ -1,0 +1,103 @@
+"""Which WeChat Pay API this process talks to, built from the settings: the
+only place that knows there are two. Everything past here sees a
+``PaymentGateway``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from server.gateway.abc import PaymentGateway
+from server.gateway.wxpay_v2.client import Merchant, WxPayClient
+from server.gateway.wxpay_v2.gateway import WxPayV2Gateway
+from server.gateway.wxpay_v3 import crypto
+from server.gateway.wxpay_v3.client import WxPayV3Client
+from server.gateway.wxpay_v3.gateway import WxPayV3Gateway
+from server.gateway.wxpay_v3.verifier import Verifier
+from server.simulator.v3_keys import CERTIFICATE_MODE, V3Keys, generate_sandbox_keys
+from settings import ConfigError, Settings
+
+
+@dataclass
+class Gateway:
+    gateway: PaymentGateway
+    # What the sandbox simulator plays WeChat's v3 side with (None: v2, or not sandbox).
+    simulator_v3: V3Keys | None = None
+    # Runs for the life of the process (v3 platform certificates kept fresh).
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None
+    # Reads v2 notifies: late ones for orders placed before a switch to v3
+    # still arrive at /wxpay/notify, and are believed while the v2 key is set.
+    v2_notices: PaymentGateway | None = None
+
+
+def build_gateway(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
+    v2 = None
+    if settings.wxpay_key:
+        merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
+                            settings.wxpay_sign_type)
+        v2 = WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant))
+    if settings.wxpay_api == "v3":
+        built = _v3(settings, http)
+        built.v2_notices = v2
+        return built
+    assert v2 is not None  # settings require the v2 key for WXPAY_API=v2
+    return Gateway(v2, v2_notices=v2)
+
+
+def _read(path: str, setting: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{setting} {path!r} cannot be read ({exc.strerror}): point it at the file") from None
+
+
+def _v3(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
+    simulator_v3 = None
+    certificates_dir = settings.var_dir / "wxpay_v3_certificates"
+    if settings.sandbox:
+        # The simulator's keys and the merchant's, made once under VAR_DIR. The
+        # client is given both ways to verify (public key and certificates), so
+        # the simulator can play either, and WeChat's migration between them.
+        files = generate_sandbox_keys(settings.var_dir / "wxpay_v3", apiv3_key=settings.wxpay_apiv3_key)
+        simulator_v3 = files.v3_keys(settings.wxpay_mch_id, settings.wxpay_appid, CERTIFICATE_MODE)
+        private_key_pem = files.merchant_private_key.read_bytes()
+        serial = files.merchant_serial
+        cert_pem: bytes | None = files.merchant_certificate.read_bytes()
+        public_key_id: str | None = files.public_key_id
+        public_key_pem: bytes | None = files.public_key.read_bytes()
+    else:
+        private_key_pem = _read(settings.wxpay_private_key_path, "WXPAY_PRIVATE_KEY_PATH")
+        serial = settings.wxpay_cert_serial
+        cert_pem = _read(settings.wxpay_cert_path, "WXPAY_CERT_PATH") if settings.wxpay_cert_path else None
+        public_key_id = settings.wxpay_public_key_id or None
+        public_key_pem = (_read(settings.wxpay_public_key_path, "WXPAY_PUBLIC_KEY_PATH")
+                          if settings.wxpay_public_key_path else None)
+    try:
+        private_key = crypto.load_private_key(private_key_pem, "WXPAY_PRIVATE_KEY_PATH")
+        if cert_pem is not None:
+            cert = crypto.load_certificate(cert_pem, "WXPAY_CERT_PATH")
+            crypto.check_serial_matches(private_key, cert)
+            if crypto.serial_key(crypto.certificate_serial(cert)) != crypto.serial_key(serial):
+                raise crypto.CredentialError(
+                    f"WXPAY_CERT_SERIAL {serial} is not the serial of WXPAY_CERT_PATH "
+                    f"({crypto.certificate_serial(cert)}): set the certificate's serial")
+        public_key = crypto.load_public_key(public_key_pem, "WXPAY_PUBLIC_KEY_PATH") if public_key_pem else None
+        # Platform certificates are always accepted besides a public key: a
+        # merchant moving to the public key keeps the certificates it had, so
+        # no notify fails in between; a new merchant simply has none.
+        # One certificate fetch a minute at most from WeChat; the sandbox's
+        # simulator is local and rotates on demand, so it is asked at once.
+        verifier = Verifier(public_key_id=public_key_id if public_key else None, public_key=public_key,
+                            certificates_dir=certificates_dir,
+                            **({"min_fetch_interval": 0.0} if settings.sandbox else {}))
+    except crypto.CredentialError as exc:
+        raise ConfigError(str(exc)) from None
+    client = WxPayV3Client(http, settings.wxpay_api_base, settings.wxpay_mch_id, settings.wxpay_appid, serial,
+                           private_key, settings.wxpay_apiv3_key, verifier)
+    # Without a public key, certificates are all there is: keep them fresh.
+    background = verifier.keep_fresh if public_key is None else None
+    return Gateway(WxPayV3Gateway(client), simulator_v3, background)
