@@ -17,7 +17,7 @@ from server.gateway.wxpay_v2.gateway import WxPayV2Gateway
 from server.gateway.wxpay_v3 import crypto
 from server.gateway.wxpay_v3.client import WxPayV3Client
 from server.gateway.wxpay_v3.gateway import WxPayV3Gateway
-from server.gateway.wxpay_v3.verifier import Verifier
+from server.gateway.wxpay_v3.verifier import MIN_FETCH_INTERVAL, Verifier
 from server.simulator.v3_keys import CERTIFICATE_MODE, V3Keys, generate_sandbox_keys
 from settings import ConfigError, Settings
 
@@ -93,7 +93,7 @@ def _v3(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
         # simulator is local and rotates on demand, so it is asked at once.
         verifier = Verifier(public_key_id=public_key_id if public_key else None, public_key=public_key,
                             certificates_dir=certificates_dir,
-                            **({"min_fetch_interval": 0.0} if settings.sandbox else {}))
+                            min_fetch_interval=0.0 if settings.sandbox else MIN_FETCH_INTERVAL)
     except crypto.CredentialError as exc:
         raise ConfigError(str(exc)) from None
     client = WxPayV3Client(http, settings.wxpay_api_base, settings.wxpay_mch_id, settings.wxpay_appid, serial,
