@@ -161,3 +161,68 @@ def test_unusable_setup_is_one_line_and_exit_2(case: str, command: list[str], en
     for secret in ("s3cret-pw", MERCHANT["WXPAY_KEY"]):
         assert secret not in result.stderr
     assert not (Path(env["VAR_DIR"]) / "mongo").exists()  # refused before any database was started
+
+
+def v3_merchant(tmp_path: Path) -> dict[str, str]:
+    """A v3 merchant's settings with key material of its own, made here."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "1900000109")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(0x5157F09EFDC096DE15EBE81A47057A7232F1B8E1)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "apiclient_key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "apiclient_cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return {"WXPAY_API": "v3", "WXPAY_APPID": "wx1234567890abcdef", "WXPAY_MCH_ID": "1900000109",
+            "WXPAY_APIV3_KEY": "v3-k3y-" + "w" * 25, "WXPAY_PRIVATE_KEY_PATH": str(tmp_path / "apiclient_key.pem"),
+            "WXPAY_CERT_PATH": str(tmp_path / "apiclient_cert.pem"),
+            "WXPAY_CERT_SERIAL": "5157F09EFDC096DE15EBE81A47057A7232F1B8E1",
+            "COOKIE_SECRET": "c00kie-" + "z" * 30, "PUBLIC_URL": "https://shop.example.com"}
+
+
+@pytest.mark.parametrize("case", ["key-file-missing", "key-not-a-key", "serial-not-the-certificates",
+                                  "certificate-of-another-key"])
+def test_v3_key_material_that_cannot_be_used_is_one_line_and_exit_2(
+        case: str, env: dict[str, str], tmp_path: Path, mongo_url: str, amqp_url: str) -> None:
+    merchant = v3_merchant(tmp_path)
+    if case == "key-file-missing":
+        merchant["WXPAY_PRIVATE_KEY_PATH"] = str(tmp_path / "nowhere.pem")
+        message = "WXPAY_PRIVATE_KEY_PATH"
+    elif case == "key-not-a-key":
+        (tmp_path / "apiclient_key.pem").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n")
+        message = "WXPAY_PRIVATE_KEY_PATH"
+    elif case == "serial-not-the-certificates":
+        merchant["WXPAY_CERT_SERIAL"] = "0123456789ABCDEF"
+        message = "WXPAY_CERT_SERIAL 0123456789ABCDEF is not the serial of WXPAY_CERT_PATH"
+    else:
+        other = v3_merchant(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
+        merchant["WXPAY_CERT_PATH"] = other["WXPAY_CERT_PATH"]
+        message = "is not the merchant private key's"
+    result = paypush("serve", env={**env, **merchant, "MONGO_URL": mongo_url, "AMQP_URL": amqp_url})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr  # one line
+    assert message in result.stderr and result.stderr.startswith("paypush: ")
+    assert merchant["WXPAY_APIV3_KEY"] not in result.stderr
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_v3_merchant_configuration_starts_and_keeps_its_keys_out_of_the_logs(
+        env: dict[str, str], tmp_path: Path, amqp_url: str) -> None:
+    merchant = v3_merchant(tmp_path)
+    server = ServerProcess({**env, **merchant, "AMQP_URL": amqp_url}, port=int(env["PORT"])).start()
+    try:
+        assert wait_http(server.base_url + "/readyz") == 200
+    finally:
+        assert server.stop() == 0, server.output
+    assert "SANDBOX MODE" not in server.output and "/wxpay/v3/notify" in server.output
+    assert merchant["WXPAY_APIV3_KEY"] not in server.output
+    assert "PRIVATE KEY" not in server.output

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"user {args.name} {'created' if created else 'password replaced'}")
         elif args.command == "simulator":
             asyncio.run(run_simulator(settings, args.host, args.port))
-    except StartupError as exc:
+    except (StartupError, settings_mod.ConfigError) as exc:  # keys and certificates are read at start-up
         print(f"paypush: {exc}", file=sys.stderr)
         return 2
     except InvalidUser as exc:

@@ -186,15 +186,19 @@ async def open_services(settings: Settings, mongo_url: str,
     """Connect to MongoDB (creating indexes) and RabbitMQ, and build the service layer.
 
     ``embedded_mongo``: the server behind ``mongo_url`` when this process runs one (liveness watches it)."""
+    http = aiohttp.ClientSession()
+    try:
+        built = build_gateway(settings, http)  # keys and certificates first: refused before anything connects
+    except BaseException:
+        await http.close()
+        raise
+    gateway = built.gateway
     store = store_mod.connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     await store_mod.create_indexes(store)
     bus = await Bus.connect(settings.amqp_url)
     timeout_queues = await TimeoutQueues.declare(bus, settings.order_timeout_seconds,
                                                  settings.timeout_retry_delays, settings.deployment,
                                                  await store_mod.deployment_id(store))
-    http = aiohttp.ClientSession()
-    built = build_gateway(settings, http)
-    gateway = built.gateway
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
     orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues,
