@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 import settings as settings_mod  # noqa: E402
 from server.gateway.wxpay_v2 import signing, xmlcodec  # noqa: E402
 from server.infra.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
+from server.simulator import trades as sim_trades  # noqa: E402
+from server.simulator import v3 as sim_v3  # noqa: E402
+from server.simulator.v3_keys import PUB_KEY_ID_FILE, PUBLIC_KEY_MODE, V3Keys, generate_sandbox_keys  # noqa: E402
 
 # run_all.py --quick points this elsewhere, so a smoke run never overwrites the
 # full-size results that BENCHMARKS.md quotes.
@@ -119,6 +123,30 @@ def notify_body(order_id: str, total_fee: int) -> bytes:
     return xmlcodec.render(signing.signed(fields, settings_mod.SANDBOX_KEY))
 
 
+def v3_notify(keys: V3Keys, order_id: str, total_fee: int) -> tuple[bytes, dict[str, str]]:
+    """A TRANSACTION.SUCCESS v3 notify for ``order_id`` as WeChat POSTs it (body and
+    headers: signed, resource AES-GCM encrypted), built by the simulator's code."""
+    trade = sim_trades.Trade(out_trade_no=order_id, request={"appid": keys.appid, "total_fee": str(total_fee)},
+                             created_at=time.time(), code_url="", prepay_id="", api=sim_trades.V3,
+                             state=sim_trades.SUCCESS,
+                             transaction_id=time.strftime("4200%Y%m%d") + str(secrets.randbelow(10**18)).zfill(18),
+                             time_end=time.strftime("%Y%m%d%H%M%S", time.gmtime(time.time() + 8 * 3600)))
+    return sim_v3.notify_message(keys, trade)
+
+
+def sandbox_v3_keys(server_env: Mapping[str, str], mode: str = PUBLIC_KEY_MODE) -> V3Keys:
+    """WeChat's side of the v3 keys a sandbox server started with ``server_env``
+    generated under its VAR_DIR, found as that server found them: its settings.
+    Public-key mode by default: the server holds that key from start-up, while a
+    platform certificate it would first fetch (and refuse the notifies until then)."""
+    settings = settings_mod.from_environ(server_env)
+    directory = settings.var_dir / "wxpay_v3"
+    if not (directory / PUB_KEY_ID_FILE).exists():  # else the call below would make keys of its own
+        raise RuntimeError(f"the server made no v3 keys under {directory}")
+    files = generate_sandbox_keys(directory, apiv3_key=settings.wxpay_apiv3_key)
+    return files.v3_keys(settings.wxpay_mch_id, settings.wxpay_appid, mode)
+
+
 def gc_pauses(base_url: str) -> dict[str, dict[str, float]]:
     """The server's garbage-collector pauses so far, per generation, from /metrics:
     how many, their total, and how many took over 10 ms."""
@@ -155,9 +183,18 @@ def wait_http(url: str, timeout: float = 60) -> None:
 
 
 class Stack:
-    """MongoDB, simulator and server, each a process of its own."""
+    """MongoDB, simulator and server, each a process of its own.
 
-    def __init__(self, *, profile: str | None = None, **env: str):
+    ``api="v3"`` runs the server with ``WXPAY_API=v3`` in sandbox mode: it
+    generates the v3 keys under its VAR_DIR and mounts the v3 simulator, which
+    it then talks to (the standalone ``paypush simulator`` speaks v2 only, so
+    it is not started). ``sandbox_v3_keys(stack.started_env)`` reads the same
+    key files, to play WeChat's side of notifies.
+    """
+
+    def __init__(self, *, profile: str | None = None, api: str = "v2", **env: str):
+        if api not in ("v2", "v3"):
+            raise ValueError(f"api must be v2 or v3, got {api!r}")
         raise_fd_limit()
         self.tmp = Path(tempfile.mkdtemp(prefix="paypush-bench-"))
         self.mongo = EmbeddedMongo(self.tmp / "mongo")
@@ -165,7 +202,9 @@ class Stack:
         self.sim_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.profile = profile
+        self.api = api
         self.extra_env = env
+        self.started_env: dict[str, str] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.server: subprocess.Popen[bytes] | None = None
         self.db: Any = None
@@ -176,15 +215,19 @@ class Stack:
                 "MONGO_URL": self.mongo.url, "MONGO_DB": "bench", "PORT": str(self.port),
                 "WXPAY_API_BASE": f"http://127.0.0.1:{self.sim_port}", "SIM_CLOSE_MIN_AGE_SECONDS": "0",
                 "MAX_SOCKETS_PER_USER": "100000", "MAX_UNPAID_ORDERS_PER_USER": "1000000",
-                "STOMP_PASSCODE": prepare_broker(), **self.extra_env}
+                "STOMP_PASSCODE": prepare_broker(),
+                **({"WXPAY_API": "v3", "WXPAY_API_BASE": f"{self.base_url}/sandbox/wxpay"} if self.api == "v3"
+                   else {}),
+                **self.extra_env}
 
     def start(self) -> Stack:
         self.mongo.start()
-        env = self.env()
+        env = self.started_env = self.env()
         log = open(self.tmp / "server.log", "wb")  # noqa: SIM115 - lives as long as the stack
-        sim = subprocess.Popen([sys.executable, "-m", "server", "simulator", "--port", str(self.sim_port)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(sim)
+        if self.api == "v2":
+            sim = subprocess.Popen([sys.executable, "-m", "server", "simulator", "--port", str(self.sim_port)],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs.append(sim)
         cmd = [sys.executable, "-m", "server", "serve"]
         if self.profile:
             cmd = [sys.executable, "-m", "cProfile", "-o", self.profile, "-m", "server", "serve"]

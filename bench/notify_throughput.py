@@ -1,12 +1,25 @@
-"""How many WeChat notifies per second does one process absorb?
+"""How many WeChat notifies per second does one process absorb, API v2 and v3?
 
-Each notify is for a fresh unpaid order, fully checked (XML, signature, appid,
-mch_id, amount), recorded through the conditional update with its log entry,
-and its "paid" event published to RabbitMQ with publisher confirms. Load runs
-at rising concurrency until errors or latency blow up. A second pass samples
-the server with py-spy to name where the time goes, and reads the CPU time of
-the server and of the embedded MongoDB (nx-27017) process.
-Run: python bench/notify_throughput.py [--levels 1,2,4,8,16,32,64 --seconds 6]
+Each notify is for a fresh unpaid order, fully checked, recorded through the
+conditional update with its log entry, and its "paid" event published to
+RabbitMQ with publisher confirms:
+
+- v2 (``POST /wxpay/notify``): XML, MD5 signature, appid, mch_id, amount;
+- v3 (``POST /wxpay/v3/notify``): RSA-SHA256 signature with WeChat's key over
+  the raw body, the 5-minute window, AES-256-GCM decryption of the resource
+  with the APIv3 key, mchid, appid, amount.
+
+Each API gets its own stack, configured as production would be (v3: sandbox
+``WXPAY_API=v3``, whose keys the server generates under its VAR_DIR; the
+notifies here are built from the same key files by the simulator's code, signed
+with the WeChat Pay public key's private half). Every notify body is built
+before its level starts, so the generator's RSA signing does not take the
+server's CPU while it is measured. Load runs at rising concurrency until errors
+or latency blow up. A second pass samples the server with py-spy to name where
+the time goes, and reads the CPU time of the server and of the embedded MongoDB
+(nx-27017) process. Finally the orders are read back: each acknowledged notify
+must have made its order paid and its event confirmed by RabbitMQ.
+Run: python bench/notify_throughput.py [--api v2,v3 --levels 1,2,4,8,16,32,64 --seconds 6]
 """
 
 from __future__ import annotations
@@ -14,11 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import multiprocessing
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -31,30 +49,98 @@ from bench.harness import (
     notify_body,
     percentiles,
     running_stack,
+    sandbox_v3_keys,
     save,
     save_plot,
     table,
+    v3_notify,
 )
+from server.simulator.v3_keys import V3Keys
+
+# Notifies prepared per second of a level: more than either API has reached on
+# 2 cores. A level that runs out says so (its rate is then a lower bound).
+PER_SECOND = 1000
+CHUNK = 250  # orders per job for the v3 builders
+
+Order = tuple[str, int]
+Notify = tuple[bytes, dict[str, str]]  # body, headers
 
 
-async def load(base_url: str, orders: list[tuple[str, int]], concurrency: int,
-               seconds: float) -> dict[str, float]:
-    queue = collections.deque(orders)
+@dataclass(frozen=True)
+class Api:
+    name: str
+    path: str
+    accepted: Callable[[int, bytes], bool]  # (status, body) -> recorded?
+    colour: str
+
+
+APIS = {
+    # v2 answers 200 either way; only return_code SUCCESS means recorded.
+    "v2": Api("v2", "/wxpay/notify", lambda status, body: status == 200 and b"SUCCESS" in body, "tab:green"),
+    # v3: 204 is recorded; 4xx/5xx carry {"code": "FAIL"}.
+    "v3": Api("v3", "/wxpay/v3/notify", lambda status, body: status == 204, "tab:blue"),
+}
+
+
+# -- building notifies (outside the timed part) -------------------------------------
+
+_keys: V3Keys | None = None
+
+
+def _load_keys(server_env: Mapping[str, str]) -> None:
+    global _keys
+    _keys = sandbox_v3_keys(server_env)
+
+
+def _build_v3(orders: list[Order]) -> list[Notify]:
+    assert _keys is not None  # set by the pool's initializer
+    return [v3_notify(_keys, order_id, fee) for order_id, fee in orders]
+
+
+class Builder:
+    """Turns orders into notify bodies (and headers) as WeChat would send them.
+    v3's RSA signing takes ~1 ms a notify, so it runs on every core, between
+    levels, while the server is idle."""
+
+    def __init__(self, api: str, server_env: Mapping[str, str]):
+        self.api = api
+        self.pool: ProcessPoolExecutor | None = None
+        if api == "v3":
+            # spawn: the bench process holds a MongoClient, which must not be forked.
+            self.pool = ProcessPoolExecutor(initializer=_load_keys, initargs=(dict(server_env),),
+                                            mp_context=multiprocessing.get_context("spawn"))
+
+    def build(self, orders: list[Order]) -> list[Notify]:
+        if self.pool is None:
+            return [(notify_body(order_id, fee), {"Content-Type": "text/xml"}) for order_id, fee in orders]
+        chunks = [orders[i:i + CHUNK] for i in range(0, len(orders), CHUNK)]
+        return [notify for built in self.pool.map(_build_v3, chunks) for notify in built]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# -- load -----------------------------------------------------------------------------
+
+async def load(base_url: str, api: Api, notifies: list[Notify], concurrency: int,
+               seconds: float) -> dict[str, Any]:
+    queue = collections.deque(notifies)
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
+    url = base_url + api.path
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def worker() -> None:
             nonlocal errors
             while time.perf_counter() < stop_at and queue:
-                order_id, fee = queue.popleft()
-                body = notify_body(order_id, fee)
+                body, headers = queue.popleft()
                 t0 = time.perf_counter()
                 try:
-                    async with http.post(base_url + "/wxpay/notify", data=body,
+                    async with http.post(url, data=body, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                        ok = b"SUCCESS" in await resp.read()
+                        ok = api.accepted(resp.status, await resp.read())
                 except (TimeoutError, aiohttp.ClientError):
                     ok = False
                 latencies.append((time.perf_counter() - t0) * 1000)
@@ -64,24 +150,27 @@ async def load(base_url: str, orders: list[tuple[str, int]], concurrency: int,
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     stats = percentiles(latencies)
-    return {"concurrency": concurrency, "rate": len(latencies) / elapsed, "errors": errors, **stats}
+    return {"api": api.name, "concurrency": concurrency, "rate": len(latencies) / elapsed, "errors": errors,
+            "ran_out": not queue and elapsed < seconds * 0.95, **stats}
 
 
-def profile(stack, orders: list[tuple[str, int]], concurrency: int, seconds: float) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def profile(stack, api: Api, notifies: list[Notify], concurrency: int,  # type: ignore[no-untyped-def]
+            seconds: float) -> dict[str, Any]:
     """py-spy samples the server while it is under load; returns where the samples fall."""
-    out = RESULTS / "notify_profile.txt"
+    out = RESULTS / f"notify_profile_{api.name}.txt"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     spy = subprocess.Popen([pyspy, "record", "--pid", str(stack.server_pid), "--duration", str(int(seconds)),
                             "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server_cpu, nx_cpu = cpu_seconds(stack.server_pid), cpu_seconds(stack.mongo_pid)
     started = time.perf_counter()
-    asyncio.run(load(stack.base_url, orders, concurrency, seconds))
+    run = asyncio.run(load(stack.base_url, api, notifies, concurrency, seconds))
     elapsed = time.perf_counter() - started
     server_cpu, nx_cpu = cpu_seconds(stack.server_pid) - server_cpu, cpu_seconds(stack.mongo_pid) - nx_cpu
     spy.wait(60)
-    return {"server_cpu_share": server_cpu / elapsed, "mongo_cpu_share": nx_cpu / elapsed,
-            **summarise(out)}
+    return {"concurrency": concurrency, "rate": run["rate"], "n": run["n"], "errors": run["errors"],
+            "server_cpu_share": server_cpu / elapsed, "mongo_cpu_share": nx_cpu / elapsed, **summarise(out)}
 
 
 # py-spy names a frame "function (path:line)", with paths relative to sys.path.
@@ -92,8 +181,11 @@ CATEGORIES = (
     ("aio-pika / aiormq / pamqp", ("aio_pika/", "aiormq/", "pamqp/")),
     ("aiohttp", ("aiohttp/",)),
     ("tornado", ("tornado/",)),
+    # RSA verify and AES-GCM are native calls: py-spy shows their Python caller.
+    ("v3 crypto (RSA verify, AES-GCM)", ("(server/gateway/wxpay_v3/crypto.py", "cryptography/")),
     ("paypush code", OWN_CODE),
     ("xmltodict / expat", ("xmltodict", "expat")),
+    ("json", ("json/",)),
     ("logging", ("logging/",)),
     ("asyncio", ("asyncio/",)),
 )
@@ -123,55 +215,109 @@ def summarise(raw: Path) -> dict[str, object]:
             "hottest": [(leaf, round(n / total * 100, 1)) for leaf, n in leaves.most_common(12)] if total else []}
 
 
+def recorded(stack, acknowledged: int, wait: float = 30.0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """What the store says after the run: orders paid, and how many of them still
+    wait for RabbitMQ to confirm their event (the outbox empties as confirms come)."""
+    deadline = time.monotonic() + wait
+    while True:
+        pending = stack.db.orders.count_documents({"status": "paid", "pending_event": {"$exists": True}})
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    paid = stack.db.orders.count_documents({"status": "paid"})
+    return {"acknowledged": acknowledged, "paid": paid, "event_unconfirmed": pending,
+            "ok": paid >= acknowledged and not pending}
+
+
+def run_api(api: Api, levels: list[int], seconds: float) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                                 dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    with running_stack(api=api.name) as stack:
+        # Up to PER_SECOND a second per level, then the profile pass, then the warm-up.
+        per_level = int(PER_SECOND * seconds)
+        pool = collections.deque(stack.seed_orders(per_level * (len(levels) + 1) + 200))
+        builder = Builder(api.name, stack.started_env)
+        try:
+            def next_batch(n: int) -> list[Notify]:
+                # Built just before use: v3's signatures are only good for 5 minutes.
+                return builder.build([pool.popleft() for _ in range(min(len(pool), n))])
+
+            warm = asyncio.run(load(stack.base_url, api, next_batch(200), 8, 2))  # warm-up
+            acknowledged = warm["n"] - warm["errors"]
+            for c in levels:
+                r = asyncio.run(load(stack.base_url, api, next_batch(per_level), c, seconds))
+                results.append(r)
+                acknowledged += r["n"] - r["errors"]
+                print(f"  {api.name} concurrency {c}: {r['rate']:.0f}/s, p99 {r.get('p99', 0):.1f} ms, "
+                      f"errors {r['errors']}{' (ran out of prepared notifies)' if r['ran_out'] else ''}",
+                      flush=True)
+            best = max(results, key=lambda r: r["rate"] if not r["errors"] else 0)
+            prof = profile(stack, api, next_batch(per_level), int(best["concurrency"]), seconds)
+            acknowledged += prof["n"] - prof["errors"]
+        finally:
+            builder.close()
+        check = recorded(stack, acknowledged)
+    return results, prof, check
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", default="v2,v3", help="which WeChat Pay APIs to measure, comma-separated")
     parser.add_argument("--levels", default="1,2,4,8,16,32,64")
     parser.add_argument("--seconds", type=float, default=6.0)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    rows, results = [], []
-    with running_stack() as stack:
-        # Up to 1000/s per level, then the profile pass, then the warm-up.
-        orders = stack.seed_orders(int(1000 * args.seconds * (len(levels) + 1)) + 200)
-        pool = collections.deque(orders)
-        asyncio.run(load(stack.base_url, [pool.popleft() for _ in range(200)], 8, 2))  # warm-up
-        for c in levels:
-            batch = [pool.popleft() for _ in range(min(len(pool), int(1000 * args.seconds)))]
-            r = asyncio.run(load(stack.base_url, batch, c, args.seconds))
-            results.append(r)
-            rows.append([c, r["rate"], r["errors"], r.get("p50", 0.0), r.get("p99", 0.0)])
-            print(f"  concurrency {c}: {r['rate']:.0f}/s, p99 {r.get('p99', 0):.1f} ms, errors {r['errors']}",
-                  flush=True)
-        best = max(results, key=lambda r: r["rate"] if not r["errors"] else 0)
-        batch = [pool.popleft() for _ in range(min(len(pool), int(1000 * args.seconds)))]
-        prof = profile(stack, batch, int(best["concurrency"]), args.seconds)
-    print(table(rows, ["concurrency", "notifies/s", "errors", "p50 ms", "p99 ms"]))
-    print(f"profile at concurrency {best['concurrency']}: server process CPU "
-          f"{prof.get('server_cpu_share', 0):.0%}, nx-27017 (MongoDB) CPU {prof.get('mongo_cpu_share', 0):.0%}")
-    print(f"  paypush code is on the stack in {prof.get('own_code_on_stack', 0)}% of samples "
-          "(inclusive); by library of the leaf frame:")
-    for cat, share in dict(prof.get("by_library", {})).items():  # type: ignore[call-overload]
-        print(f"  {share:5.1f}%  {cat}")
-    print("  hottest leaf functions:")
-    for leaf, share in prof.get("hottest", []):  # type: ignore[attr-defined]
-        print(f"  {share:5.1f}%  {leaf}")
-    save("notify_throughput", {"levels": results, "profile": prof})
-    plot(results)
+    apis = [a.strip() for a in args.api.split(",") if a.strip()]
+    unknown = [a for a in apis if a not in APIS]
+    if unknown or not apis:
+        parser.error(f"--api takes v2 and/or v3, got {args.api!r}")
+    results: list[dict[str, Any]] = []
+    profiles: dict[str, dict[str, Any]] = {}
+    checks: dict[str, dict[str, Any]] = {}
+    for name in apis:
+        levels_run, profiles[name], checks[name] = run_api(APIS[name], levels, args.seconds)
+        results += levels_run
+    rows = [[r["api"], r["concurrency"], r["rate"], r["errors"], r.get("p50", 0.0), r.get("p99", 0.0)]
+            for r in results]
+    print(table(rows, ["api", "concurrency", "notifies/s", "errors", "p50 ms", "p99 ms"]))
+    for name in apis:
+        prof, check = profiles[name], checks[name]
+        print(f"\n{name}: profile at concurrency {prof['concurrency']} ({prof['rate']:.0f}/s): server process CPU "
+              f"{prof.get('server_cpu_share', 0):.0%}, nx-27017 (MongoDB) CPU {prof.get('mongo_cpu_share', 0):.0%}")
+        print(f"  paypush code is on the stack in {prof.get('own_code_on_stack', 0)}% of samples "
+              "(inclusive); by library of the leaf frame:")
+        for cat, share in dict(prof.get("by_library", {})).items():
+            print(f"  {share:5.1f}%  {cat}")
+        print("  hottest leaf functions:")
+        for leaf, share in prof.get("hottest", []):
+            print(f"  {share:5.1f}%  {leaf}")
+        print(f"  store after the run: {check['paid']} orders paid for {check['acknowledged']} acknowledged "
+              f"notifies, {check['event_unconfirmed']} events unconfirmed: {'ok' if check['ok'] else 'NOT OK'}")
+    save("notify_throughput", {"apis": apis, "levels": results, "profile": profiles, "recorded": checks})
+    plot(results, apis)
+    if not all(check["ok"] for check in checks.values()):
+        sys.exit("an acknowledged notify left no paid order, or an event was never confirmed")
 
 
-def plot(results: list[dict[str, float]]) -> None:
+def plot(results: list[dict[str, Any]], apis: list[str]) -> None:
     fig, ax = new_plot()
-    c = [r["concurrency"] for r in results]
-    ax.plot(c, [r["rate"] for r in results], "o-", color="tab:green", label="notifies/s")
-    ax.axhline(300, color="grey", ls="--", lw=1, label="target: 300/s")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent notifies in flight")
-    ax.set_ylabel("notifies recorded per second")
     ax2 = ax.twinx()
-    ax2.plot(c, [r.get("p99", 0) for r in results], "s--", color="tab:red", label="p99 latency (ms)")
-    ax2.set_ylabel("p99 latency (ms)")
-    fig.legend(loc="upper left", fontsize=8)
-    ax.set_title("Notify throughput, one process, embedded MongoDB")
+    for name in apis:
+        mine = [r for r in results if r["api"] == name]
+        c = [r["concurrency"] for r in mine]
+        colour = APIS[name].colour
+        ax.plot(c, [r["rate"] for r in mine], "o-", color=colour, label=f"{name} notifies/s")
+        ax2.plot(c, [r.get("p99", 0) for r in mine], "s--", color=colour, alpha=0.6, label=f"{name} p99 (ms)")
+    ax.axhline(300, color="grey", ls=":", lw=1, label="target: 300/s")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
+    ax.set_xlabel("concurrent notifies in flight")
+    ax.set_ylabel("notifies recorded per second (solid)")
+    ax2.set_ylabel("p99 latency, ms (dashed)")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8)
+    ax.set_title(f"Notify throughput, one process, embedded MongoDB: API {' and '.join(apis)}")
     save_plot(fig, "notify_throughput")
 
 
