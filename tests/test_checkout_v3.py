@@ -171,3 +171,43 @@ async def _resign(services: Services, order: dict[str, Any]) -> tuple[bytes, dic
     sim = services.simulator
     assert sim is not None and sim.v3 is not None
     return sim_v3.notify_message(sim.v3, sim.trades.get(order["id"]))
+
+
+# -- switching from v2 to v3: the same trades at WeChat -----------------------------------------
+
+async def place_with_v2(services: Services, order: dict[str, Any]) -> str:
+    """The order's trade placed through API v2, as before the merchant switched."""
+    import datetime as dt
+
+    from server.gateway.wxpay_v2.client import Merchant, WxPayClient
+
+    cfg = services.settings
+    v2 = WxPayClient(services.http, cfg.wxpay_api_base, Merchant(cfg.wxpay_appid, cfg.wxpay_mch_id, cfg.wxpay_key))
+    reply = await v2.unified_order(
+        out_trade_no=order["id"], body="placed under v2", total_fee=order["pay_money"],
+        notify_url=f"{cfg.public_url}/wxpay/notify", product_id="tea-longjing",
+        time_expire=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    return reply["code_url"]
+
+
+@pytest.mark.parametrize("extra_settings", [SETTINGS])  # deadlines in 2 s, closeorder allowed at once
+@pytest.mark.gen_test(timeout=60)
+async def test_an_order_placed_under_v2_is_queried_and_closed_under_v3(
+        extra_settings: dict[str, object], shopper: Shopper, services: Services) -> None:
+    order = await shopper.order([("fan-silk", 1)])
+    await place_with_v2(services, order)
+    assert (await trade(shopper, order["id"]))["api"] == "v2"
+    closed = await final_order(shopper, order["id"], within=30)
+    assert closed["status"] == "closed"
+    assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_late_v2_notify_for_an_order_placed_before_the_switch_is_recorded(
+        shopper: Shopper, services: Services) -> None:
+    """Its notify comes in v2 XML to /wxpay/notify, and the v2 key is still set."""
+    order = await shopper.order([("tea-longjing", 1)])
+    code_url = await place_with_v2(services, order)
+    await pay(shopper, code_url)
+    recorded = await paid(shopper, order["id"])
+    assert [e["kind"] for e in recorded["logs"]] == ["created", "paid"]
