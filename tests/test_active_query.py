@@ -24,11 +24,11 @@ async def test_open_page_with_lost_notify_gets_paid(shopper: Shopper, base_url: 
     order = await shopper.order([("fan-silk", 1)])
     native = await shopper.create_native(order["id"])
     sock = await PageSocket.open(base_url, order["id"], shopper)
-    assert (await sock.next())["status"] == "unpaid"
+    assert (await sock.next_event())["status"] == "unpaid"
     status, _ = await shopper.request("POST", "/sandbox/wxpay/pay",
                                       {"code_url": native["code_url"], "notify": {"drop": True}})
     assert status == 200
-    assert (await sock.next(within=20))["type"] == "paid"
+    assert (await sock.next_event(within=20))["type"] == "paid"
     paid = await shopper.get_order(order["id"])
     assert [e["kind"] for e in paid["logs"]] == ["created", "paid"]
     assert "found by order query" in paid["logs"][1]["remarks"]
@@ -48,8 +48,8 @@ async def test_no_page_no_query(shopper: Shopper, base_url: str) -> None:
                                           {"code_url": native["code_url"], "notify": {"drop": True}})
         assert status == 200
     sock = await PageSocket.open(base_url, watched["id"], shopper)
-    assert (await sock.next())["status"] == "unpaid"
-    assert (await sock.next(within=20))["type"] == "paid"  # found by the backstop's order query
+    assert (await sock.next_event())["status"] == "unpaid"
+    assert (await sock.next_event(within=20))["type"] == "paid"  # found by the backstop's order query
     still = await shopper.get_order(unwatched["id"])
     assert still["status"] == "unpaid"
     assert [e["kind"] for e in still["logs"]] == ["created"]

@@ -96,6 +96,7 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
     finals: collections.Counter[str] = collections.Counter()
     for kind, order in results:
         doc = await services.store.orders.find_one({"_id": order["id"]})
+        assert doc is not None
         kinds = await log_kinds(services, order["id"])
         wechat = await trade(shopper, order["id"])
         finals[f"{kind}->{doc['status']}"] += 1

@@ -204,7 +204,8 @@ def test_v3_key_material_that_cannot_be_used_is_one_line_and_exit_2(
         merchant["WXPAY_CERT_SERIAL"] = "0123456789ABCDEF"
         message = "WXPAY_CERT_SERIAL 0123456789ABCDEF is not the serial of WXPAY_CERT_PATH"
     else:
-        other = v3_merchant(tmp_path / "other" if (tmp_path / "other").mkdir() is None else tmp_path)
+        (tmp_path / "other").mkdir()
+        other = v3_merchant(tmp_path / "other")
         merchant["WXPAY_CERT_PATH"] = other["WXPAY_CERT_PATH"]
         message = "is not the merchant private key's"
     result = paypush("serve", env={**env, **merchant, "MONGO_URL": mongo_url, "AMQP_URL": amqp_url})

@@ -26,7 +26,7 @@ async def test_metrics_follow_a_payment(shopper: Shopper, base_url: str) -> None
     await sock.next()
     await post_notify(base_url, signed_notify(order))
     await post_notify(base_url, b"<xml><sign>forged</sign></xml>")
-    assert (await sock.next())["type"] == "paid"
+    assert (await sock.next_event())["type"] == "paid"
 
     async def metrics_once_published() -> str | None:  # the outbox entry is cleared just after the confirm
         status, text = await shopper.request("GET", "/metrics")

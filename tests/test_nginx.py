@@ -95,10 +95,10 @@ async def test_paid_reaches_the_page_through_nginx_whoever_took_the_notify(
         for direct in (a, b, a, b):  # the notify lands on each process in turn
             order = await shopper.order([("fan-silk", 1)])
             sock = await PageSocket.open(public, order["id"], shopper)
-            assert (await sock.next())["status"] == "unpaid"
+            assert (await sock.next_event())["status"] == "unpaid"
             _, reply = await post_notify(direct.base_url, signed_notify(order))
             assert reply["return_code"] == "SUCCESS"
-            assert (await sock.next())["type"] == "paid"
+            assert (await sock.next_event())["type"] == "paid"
             sock.close()
     finally:
         await shopper.close()
@@ -113,7 +113,7 @@ async def test_sigterm_moves_the_page_to_the_other_process_without_a_missed_even
     try:
         order = await shopper.order([("mug-celadon", 1)])
         sock = await PageSocket.open(public, order["id"], shopper)
-        assert (await sock.next())["status"] == "unpaid"
+        assert (await sock.next_event())["status"] == "unpaid"
         holder = a if await loop.run_in_executor(None, open_sockets, a) == 1 else b
         other = b if holder is a else a
         assert await loop.run_in_executor(None, open_sockets, other) == 0

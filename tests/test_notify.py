@@ -192,6 +192,7 @@ async def test_twenty_concurrent_copies_record_one_payment(shopper: Shopper, bas
     assert paid["status"] == "paid"
     assert [e["kind"] for e in paid["logs"]].count("paid") == 1
     doc = await services.store.orders.find_one({"_id": order["id"]})
+    assert doc is not None
     assert list(doc["logs"]) == ["created", "paid"]
 
 

@@ -37,7 +37,7 @@ async def test_notify_on_a_reaches_the_browser_on_b(two_servers: tuple[ServerPro
     try:
         order = await shopper.order([("tea-longjing", 1)])
         sock = await PageSocket.open(b.base_url, order["id"], shopper)
-        assert (await sock.next())["status"] == "unpaid"
+        assert (await sock.next_event())["status"] == "unpaid"
         status, reply = await post_notify(a.base_url, signed_notify(order))
         assert (status, reply["return_code"]) == (200, "SUCCESS")
         assert await sock.next() == {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": 8800}
@@ -51,7 +51,7 @@ async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
         shopper: Shopper, base_url: str, services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
     sock = await PageSocket.open(base_url, order["id"], shopper)
-    assert (await sock.next())["status"] == "unpaid"
+    assert (await sock.next_event())["status"] == "unpaid"
     reconnects = services.bus.reconnects
     closed = await asyncio.get_running_loop().run_in_executor(
         None, close_connections_on, vhost_of(services.settings.amqp_url))

@@ -25,7 +25,7 @@ async def test_payment_recorded_while_rabbitmq_is_unreachable_is_pushed_when_it_
         shopper: Shopper, base_url: str, services: Services, rabbit_proxy: TcpProxy, amqp_url: str) -> None:
     order = await shopper.order([("mug-celadon", 1)])
     sock = await PageSocket.open(base_url, order["id"], shopper)
-    assert (await sock.next())["status"] == "unpaid"
+    assert (await sock.next_event())["status"] == "unpaid"
     # Another process's view of paynotify, on a path that is not cut.
     elsewhere = await aio_pika.connect(amqp_url)
     channel = await elsewhere.channel()
@@ -39,7 +39,7 @@ async def test_payment_recorded_while_rabbitmq_is_unreachable_is_pushed_when_it_
     status, ready = await shopper.request("GET", "/readyz")
     assert status == 503 and ready["rabbitmq"] == "down"
     assert await services.events.backlog() == 1
-    assert (await sock.next(within=5))["type"] == "paid"  # this process's own page: no broker needed
+    assert (await sock.next_event(within=5))["type"] == "paid"  # this process's own page: no broker needed
     assert await queue.get(fail=False) is None
 
     await rabbit_proxy.restore()

@@ -70,7 +70,7 @@ async def test_malformed_frames_get_a_clean_close(frame: str | bytes, code: int,
                                                   base_url: str, services: Services) -> None:
     order = await shopper.order([("fan-silk", 1)])
     sock = await PageSocket.open(base_url, order["id"], shopper)
-    assert (await sock.next())["type"] == "status"
+    assert (await sock.next_event())["type"] == "status"
     await sock.conn.write_message(frame, binary=isinstance(frame, bytes))
     assert await sock.next() is None
     assert sock.close_code == code
@@ -97,13 +97,13 @@ async def test_sockets_per_user_are_capped(shopper: Shopper, base_url: str, serv
     order = await shopper.order([("fan-silk", 1)])
     socks = [await PageSocket.open(base_url, order["id"], shopper) for _ in range(2)]
     for s in socks:
-        assert (await s.next())["type"] == "status"
+        assert (await s.next_event())["type"] == "status"
     third = await PageSocket.open(base_url, order["id"], shopper)
     assert await third.next() is None and third.close_code == 4429
     socks[0].close()
     await eventually(lambda: services.hub.can_open("demo"), message="the closed socket's place freed")
     fourth = await PageSocket.open(base_url, order["id"], shopper)
-    assert (await fourth.next())["type"] == "status"
+    assert (await fourth.next_event())["type"] == "status"
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -114,4 +114,4 @@ async def test_every_socket_on_the_order_hears_the_payment(shopper: Shopper, bas
         await s.next()
     await post_notify(base_url, signed_notify(order))
     for s in socks:
-        assert (await s.next())["type"] == "paid"
+        assert (await s.next_event())["type"] == "paid"

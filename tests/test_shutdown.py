@@ -16,6 +16,7 @@ import aio_pika
 import aiohttp
 import pytest
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from server.composition.container import Services, open_services
 from server.domain.orders import Line
@@ -49,13 +50,13 @@ async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: st
                    MAX_UNPAID_ORDERS_PER_USER=str(ORDERS),
                    COOKIE_SECRET="shutdown-" + uuid.uuid4().hex)
     server = ServerProcess(env).start()
-    db = MongoClient(mongo_url)[db_name]
+    db: Database[dict[str, Any]] = MongoClient(mongo_url)[db_name]
     db.skus.insert_one({"_id": "bulk", "name": "Bulk item", "price": 100, "stock": 10_000, "holds": {}})
     shopper = await Shopper.logged_in(server.base_url, "demo", "demo-pass-123")
     try:
         orders = [await shopper.order([("bulk", 1)]) for _ in range(ORDERS)]
         sock = await PageSocket.open(server.base_url, orders[0]["id"], shopper)
-        assert (await sock.next())["status"] == "unpaid"
+        assert (await sock.next_event())["status"] == "unpaid"
 
         async def staggered(i: int, order: dict) -> str:  # type: ignore[type-arg]
             await asyncio.sleep(i * 0.01)
@@ -82,6 +83,7 @@ async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: st
     assert 0 < len(succeeded) < ORDERS, replies  # the signal really landed mid-traffic
     for order in succeeded:  # SUCCESS was only said for what is recorded
         doc = db.orders.find_one({"_id": order["id"]})
+        assert doc is not None
         assert doc["status"] == "paid" and "paid" in doc["logs"]
 
     # WeChat retries the rest against the next process: everything ends paid, once.
@@ -96,6 +98,7 @@ async def test_sigterm_under_traffic_loses_nothing(tmp_path: Path, mongo_url: st
     assert db.orders.count_documents({"status": "paid"}) == ORDERS
     assert db.orders.count_documents({"pending_event": {"$exists": True}}) == 0  # every event published
     sku = db.skus.find_one({"_id": "bulk"})
+    assert sku is not None
     assert sku["stock"] == 10_000 - ORDERS
 
 

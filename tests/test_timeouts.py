@@ -38,7 +38,7 @@ async def test_unpaid_order_is_closed_with_stock_back_and_the_page_told(
     order = await shopper.order([("mug-celadon", 2)])
     await shopper.create_native(order["id"])
     sock = await PageSocket.open(base_url, order["id"], shopper)
-    assert (await sock.next())["status"] == "unpaid"
+    assert (await sock.next_event())["status"] == "unpaid"
     assert await sock.next(within=20) == {"type": "closed", "order_id": order["id"], "status": "closed",
                                           "total_fee": 7800}
     closed = await shopper.get_order(order["id"])
@@ -47,6 +47,7 @@ async def test_unpaid_order_is_closed_with_stock_back_and_the_page_told(
     assert (await trade(shopper, order["id"]))["trade_state"] == "CLOSED"
     assert await stock_total(services) == before
     sku = await services.store.skus.find_one({"_id": "mug-celadon"})
+    assert sku is not None
     assert order["id"] not in sku["holds"]
 
 
@@ -68,7 +69,7 @@ async def test_payment_with_lost_notify_is_found_by_the_timeout_worker(
     status, paid_trade = await shopper.request("POST", "/sandbox/wxpay/pay",
                                                {"code_url": native["code_url"], "notify": {"drop": True}})
     assert status == 200
-    assert (await sock.next(within=20))["type"] == "paid"
+    assert (await sock.next_event(within=20))["type"] == "paid"
     paid = await shopper.get_order(order["id"])
     assert paid["status"] == "paid" and paid["transaction_id"] == paid_trade["transaction_id"]
     assert [e["kind"] for e in paid["logs"]] == ["created", "paid"]
@@ -78,6 +79,7 @@ async def test_payment_with_lost_notify_is_found_by_the_timeout_worker(
 @pytest.mark.gen_test(timeout=60)
 async def test_closeorder_refused_as_too_young_is_retried_until_it_closes(
         shopper: Shopper, services: Services) -> None:
+    assert services.simulator is not None  # the test settings run the sandbox
     services.simulator.trades.close_min_age_seconds = 4.0
     order = await shopper.order([("fan-silk", 1)])
     await shopper.create_native(order["id"])
@@ -139,6 +141,7 @@ async def test_sweeper_and_queue_on_the_same_orders_close_each_once(shopper: Sho
         assert sorted(await log_kinds(services, o["id"])) == ["closed", "created"]
     assert await stock_total(services) == before
     sku = await services.store.skus.find_one({"_id": "card-sticker"})
+    assert sku is not None
     assert sku["stock"] == 5 and sku["holds"] == {}
 
 

@@ -198,6 +198,7 @@ async def test_notify_knobs_twice_and_drop(shopper: Shopper, services: Services)
     assert trade["notify_replies"] == ["SUCCESS", "SUCCESS"]
     assert (await shopper.get_order(twice["id"]))["status"] == "paid"
     doc = await services.store.orders.find_one({"_id": twice["id"]})
+    assert doc is not None
     assert sorted(doc["logs"]) == ["created", "paid"]
     _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{dropped['id']}")
     assert trade["trade_state"] == "SUCCESS" and trade["notify_replies"] == []

@@ -77,6 +77,12 @@ class PageSocket:
             if not (skip_controls and event is not None and event.get("type") == CONTROL):
                 return event
 
+    async def next_event(self, within: float = 5.0) -> dict[str, Any]:
+        """The next event, which the test expects: the server closing the socket instead fails it."""
+        event = await self.next(within)
+        assert event is not None, "the server closed the socket where an event was expected"
+        return event
+
     @property
     def close_code(self) -> int | None:
         return self.conn.close_code
