@@ -28,13 +28,12 @@ from wechatpayv3 import WeChatPay, WeChatPayType
 from wechatpayv3.utils import build_authorization, load_certificate, load_private_key, rsa_sign, rsa_verify
 
 from server.simulator import app as simulator_app
+from server.simulator.v3_crypto import new_private_key, private_key_pem
 from server.simulator.v3_keys import (
     CERTIFICATE_MODE,
     PUBLIC_KEY_MODE,
     SandboxKeyFiles,
     generate_sandbox_keys,
-    new_private_key,
-    private_key_pem,
 )
 from tests.support.waiting import eventually
 

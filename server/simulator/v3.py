@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import tornado.web
 
-from server.simulator import v3_keys
+from server.simulator import v3_crypto
 from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, V3, Trade, TradeBook, TradeError
 from server.simulator.v3_keys import SIGNATURE_TYPE, V3Keys
 
@@ -106,7 +106,7 @@ def transaction(keys: V3Keys, trade: Trade, coupons: int = 0) -> dict[str, Any]:
 def signed_headers(keys: V3Keys, body: bytes) -> dict[str, str]:
     """WeChat's signature headers over a body it sends (answer or notify)."""
     signer = keys.signer
-    timestamp, nonce = str(int(time.time())), v3_keys.new_nonce()
+    timestamp, nonce = str(int(time.time())), v3_crypto.new_nonce()
     return {"Wechatpay-Timestamp": timestamp, "Wechatpay-Nonce": nonce, "Wechatpay-Serial": signer.serial,
             "Wechatpay-Signature": signer.sign(f"{timestamp}\n{nonce}\n{body.decode()}\n"),
             "Wechatpay-Signature-Type": SIGNATURE_TYPE}
@@ -120,7 +120,7 @@ def notify_message(keys: V3Keys, trade: Trade, coupons: int = 0) -> tuple[bytes,
         "id": trade.notify_id, "create_time": rfc3339(time.time()), "resource_type": "encrypt-resource",
         "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
         "resource": {"original_type": "transaction",
-                     **v3_keys.encrypt(keys.apiv3_key, resource.encode(), "transaction")},
+                     **v3_crypto.encrypt(keys.apiv3_key, resource.encode(), "transaction")},
     }, ensure_ascii=False).encode()
     return body, {"Content-Type": "application/json", **signed_headers(keys, body)}
 
@@ -173,7 +173,7 @@ class V3Handler(tornado.web.RequestHandler):
         # The merchant signs the URL as it would against api.mch.weixin.qq.com;
         # behind the sandbox prefix either reading of "the URL" is honest.
         urls = {uri, uri.removeprefix(self.prefix)}
-        if not any(v3_keys.verify(public_key, f"{self.request.method}\n{url}\n{fields['timestamp']}\n"
+        if not any(v3_crypto.verify(public_key, f"{self.request.method}\n{url}\n{fields['timestamp']}\n"
                                               f"{fields['nonce_str']}\n{body}\n", fields["signature"])
                    for url in urls):
             raise V3Error(401, "SIGN_ERROR", "签名错误")
@@ -287,7 +287,7 @@ class CertificatesHandler(V3Handler):
                 "serial_no": signer.serial,
                 "effective_time": cert.not_valid_before_utc.astimezone(BEIJING).isoformat(),
                 "expire_time": cert.not_valid_after_utc.astimezone(BEIJING).isoformat(),
-                "encrypt_certificate": v3_keys.encrypt(self.keys.apiv3_key, v3_keys.certificate_pem(cert),
+                "encrypt_certificate": v3_crypto.encrypt(self.keys.apiv3_key, v3_crypto.certificate_pem(cert),
                                                        "certificate"),
             })
         return 200, {"data": data}

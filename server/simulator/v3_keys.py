@@ -1,4 +1,4 @@
-"""The v3 simulator's key material and its own crypto.
+"""The v3 simulator's key material (its crypto is in v3_crypto.py).
 
 Deliberately independent of ``server.gateway.wxpay_v3``: the simulator stands
 in for WeChat, and a bug shared by the merchant client and the "WeChat" it talks
@@ -18,7 +18,6 @@ Two ways WeChat lets a merchant verify its answers, both played here:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import logging
 import os
@@ -28,11 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from server.simulator.v3_crypto import (
+    cert_serial,
+    certificate_pem,
+    load_certificate,
+    load_private_key,
+    new_private_key,
+    private_key_pem,
+    public_key_pem,
+    rsa_public_key,
+    self_signed_certificate,
+    sign,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,40 +60,6 @@ PUB_KEY = "pub_key.pem"
 PUB_KEY_PRIVATE = "pub_key_private.pem"
 PUB_KEY_ID_FILE = "pub_key_id.txt"
 APIV3_KEY_FILE = "apiv3_key.txt"
-
-
-# -- primitives ------------------------------------------------------------------
-
-def sign(private_key: rsa.RSAPrivateKey, message: str) -> str:
-    """SHA256withRSA (PKCS#1 v1.5), base64: what every v3 signature is."""
-    return base64.b64encode(private_key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
-
-
-def verify(public_key: rsa.RSAPublicKey, message: str, signature_b64: str) -> bool:
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-        public_key.verify(signature, message.encode(), padding.PKCS1v15(), hashes.SHA256())
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def encrypt(apiv3_key: bytes, plaintext: bytes, associated_data: str) -> dict[str, str]:
-    """AEAD_AES_256_GCM as WeChat encrypts a notify resource or a certificate:
-    a 12-character ASCII nonce, the tag appended to the ciphertext, base64."""
-    nonce = secrets.token_hex(6)
-    ciphertext = AESGCM(apiv3_key).encrypt(nonce.encode(), plaintext, associated_data.encode())
-    return {"algorithm": "AEAD_AES_256_GCM", "nonce": nonce, "associated_data": associated_data,
-            "ciphertext": base64.b64encode(ciphertext).decode()}
-
-
-def new_nonce() -> str:
-    return secrets.token_hex(16).upper()
-
-
-def cert_serial(certificate: x509.Certificate) -> str:
-    """A certificate's serial as WeChat writes it: upper-case hex."""
-    return format(certificate.serial_number, "X")
 
 
 # -- the parties' keys -----------------------------------------------------------
@@ -156,28 +130,6 @@ class V3Keys:
         return self.merchant_keys.get(serial.upper())
 
 
-def new_private_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _serial_number() -> int:
-    # 40 hex digits like WeChat's serials (no leading zero to lose), and below
-    # the 160 bits X.509 allows for a positive serial.
-    return secrets.randbelow(2**159 - 2**156) + 2**156
-
-
-def self_signed_certificate(key: rsa.RSAPrivateKey, common_name: str, *, days: int = 365 * 5,
-                            not_before: dt.datetime | None = None) -> x509.Certificate:
-    start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "CN"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "paypush simulator"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(_serial_number()).not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=days))
-            .sign(key, hashes.SHA256()))
-
-
 def new_platform_certificate(*, not_before: dt.datetime | None = None) -> PlatformSigner:
     key = new_private_key()
     cert = self_signed_certificate(key, "Tenpay.com Root CA simulated platform", not_before=not_before)
@@ -190,46 +142,6 @@ def new_public_key_signer() -> PlatformSigner:
 
 def new_apiv3_key() -> str:
     return "".join(secrets.choice(APIV3_KEY_ALPHABET) for _ in range(32))
-
-
-# -- PEM -------------------------------------------------------------------------
-
-def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def public_key_pem(key: rsa.RSAPublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def certificate_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def load_private_key(path: Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path}: not an RSA private key")
-    return key
-
-
-def load_certificate(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def load_public_key(path: Path) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError(f"{path}: not an RSA public key")
-    return key
-
-
-def _rsa_public(cert: x509.Certificate) -> rsa.RSAPublicKey:
-    key = cert.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError("not an RSA certificate")
-    return key
 
 
 # -- sandbox key files -------------------------------------------------------------
@@ -264,7 +176,7 @@ class SandboxKeyFiles:
         platform_cert = load_certificate(self.platform_certificate)
         return V3Keys(
             mchid=mchid, appid=appid, apiv3_key=self.apiv3_key.encode(),
-            merchant_keys={cert_serial(merchant_cert): _rsa_public(merchant_cert)},
+            merchant_keys={cert_serial(merchant_cert): rsa_public_key(merchant_cert)},
             certificates=[PlatformSigner(cert_serial(platform_cert), load_private_key(self.platform_private_key),
                                          platform_cert)],
             public_key=PlatformSigner(self.public_key_id, load_private_key(self.public_key_private)),
@@ -289,7 +201,7 @@ def _key_and_cert(directory: Path, key_name: str, cert_name: str, common_name: s
         _write_new(cert_path, certificate_pem(cert))
         log.info("simulator: generated %s and %s (serial %s)", key_name, cert_name, cert_serial(cert))
     cert = load_certificate(cert_path)
-    if _rsa_public(cert).public_numbers() != load_private_key(key_path).public_key().public_numbers():
+    if rsa_public_key(cert).public_numbers() != load_private_key(key_path).public_key().public_numbers():
         raise ValueError(f"{cert_path} is not the certificate of {key_path}")
     return cert_serial(cert)
 
