@@ -8,7 +8,8 @@ from handlers import qr
 from handlers.base import JsonHandler
 from handlers.views import order_json
 from server.domain.catalog import Catalog
-from server.domain.orders import Orders, parse_lines
+from server.domain.order_request import parse_lines
+from server.domain.orders import Orders
 from server.domain.payments import Payments
 from server.lifecycle import InFlight
 

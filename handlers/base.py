@@ -69,8 +69,7 @@ def http_status(exc: DomainError) -> int:
 
 
 def retry_after(exc: DomainError) -> int | None:
-    seconds = getattr(exc, "retry_after", None)
-    return None if seconds is None else max(1, round(seconds))
+    return None if exc.retry_after is None else max(1, round(exc.retry_after))
 
 
 class BaseHandler(tornado.web.RequestHandler):

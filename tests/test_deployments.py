@@ -13,7 +13,7 @@ import aio_pika
 import pytest
 
 from server.composition.container import Services, open_services
-from server.domain.orders import Line
+from server.domain.order_request import Line
 from server.infra.timeout_queues import TimeoutQueues
 from settings import ConfigError, from_environ
 from tests.support.waiting import eventually

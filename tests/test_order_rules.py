@@ -20,7 +20,8 @@ import pytest
 
 from server.composition.container import Services
 from server.domain.catalog import add_sku
-from server.domain.orders import Line, OutOfStock, TooManyUnpaidOrders, order_logs, parse_lines
+from server.domain.order_request import Line, parse_lines
+from server.domain.orders import OutOfStock, TooManyUnpaidOrders, order_logs
 from server.domain.payments import NotifyRejected
 from server.domain.timeouts import Outcome
 from server.gateway.abc import Payment

@@ -19,7 +19,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from server.composition.container import Services, open_services
-from server.domain.orders import Line
+from server.domain.order_request import Line
 from server.infra.timeout_queues import DEPLOYMENT_HEADER
 from tests.support.notify_client import signed_notify
 from tests.support.processes import ServerProcess, base_env

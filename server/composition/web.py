@@ -81,8 +81,9 @@ class PaypushApplication(tornado.web.Application):
 def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     settings = services.settings
     requests = services.requests
+    catalog = Catalog(services.store)
     page = {"requests": requests, "pages": pages.PageDeps(
-        catalog=Catalog(services.store), orders=services.orders,
+        catalog=catalog, orders=services.orders,
         logins=Logins(services.login_throttle, services.store), sandbox=settings.sandbox,
         push_route=settings.push_route, csp=pages.page_csp(settings.public_url, settings.stomp_url),
         secure_cookies=settings.public_url.startswith("https://"))}
@@ -101,7 +102,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         tornado.web.url(r"/weixinpay\.html", pages.PayPage, page, name="pay"),
         tornado.web.url(r"/paysuccess\.html", pages.SuccessPage, page, name="paysuccess"),
         tornado.web.url(r"/payfail\.html", pages.FailPage, page, name="payfail"),
-        tornado.web.url(r"/api/skus", api.SkusHandler, {"requests": requests, "catalog": Catalog(services.store)}),
+        tornado.web.url(r"/api/skus", api.SkusHandler, {"requests": requests, "catalog": catalog}),
         tornado.web.url(r"/api/orders", api.OrdersHandler, orders),
         tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, orders),
         tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler,

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """A request the rules refuse; ``str(exc)`` says why, in the user's terms."""
+    """A request the rules refuse; ``str(exc)`` says why, in the user's terms,
+    and ``retry_after`` (seconds) when asking again later can succeed."""
+
+    def __init__(self, message: str = "", retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidRequest(DomainError):
@@ -23,17 +28,9 @@ class Conflict(DomainError):
 class LimitReached(DomainError):
     """The caller has used up an allowance; it may try again later."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class Busy(DomainError):
     """This process is at capacity right now; another one, or a moment later, will do."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class UpstreamUnavailable(DomainError):

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
 
-from server.domain.errors import Conflict, InvalidRequest, LimitReached, NotFound
-from server.domain.stock import MAX_NUM, Stock, max_per_order
+from server.domain.errors import Conflict, LimitReached, NotFound
+from server.domain.order_request import BadOrder, Line
+from server.domain.stock import Stock, max_per_order
 from server.infra.bus import BusUnavailable
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
@@ -35,13 +34,6 @@ log = logging.getLogger(__name__)
 RESERVING, UNPAID, PAID, CLOSED, REJECTED = "reserving", "unpaid", "paid", "closed", "rejected"
 COMPENSATED = "compensated"  # the transition closed -> paid (the status is then paid)
 VISIBLE = (UNPAID, PAID, CLOSED)
-MAX_LINES = 20
-# SKU ids become field names in ``holds``: no dots, no leading "$".
-SKU_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class BadOrder(InvalidRequest):
-    pass
 
 
 class OutOfStock(Conflict):
@@ -60,42 +52,12 @@ class OrderNotFound(NotFound):
         super().__init__("no such order")
 
 
-@dataclass(frozen=True)
-class Line:
-    sku_id: str
-    num: int
-
-
 def new_order_id() -> str:
     """A valid WeChat ``out_trade_no`` (<= 32 chars) with 96 random bits.
 
     The date prefix helps a human matching WeChat's bill to ours.
     """
     return time.strftime("%Y%m%d", time.gmtime()) + secrets.token_hex(12)
-
-
-def parse_lines(payload: Any) -> list[Line]:
-    """Validate ``{"items": [{"sku_id", "num"}]}``; repeated SKUs are merged."""
-    items = payload.get("items") if isinstance(payload, dict) else None
-    if not isinstance(items, list) or not items:
-        raise BadOrder('expected {"items": [{"sku_id": "...", "num": 1}, ...]}')
-    if len(items) > MAX_LINES:
-        raise BadOrder(f"at most {MAX_LINES} lines per order")
-    merged: dict[str, int] = {}
-    for item in items:
-        if not isinstance(item, dict):
-            raise BadOrder("each item must be an object with sku_id and num")
-        sku_id, num = item.get("sku_id"), item.get("num")
-        if not isinstance(sku_id, str) or not SKU_ID.match(sku_id):
-            raise BadOrder("sku_id must be a SKU id string")
-        if isinstance(num, bool) or not isinstance(num, int) or not 1 <= num <= MAX_NUM:
-            raise BadOrder(f"num must be a whole number from 1 to {MAX_NUM}")
-        merged[sku_id] = merged.get(sku_id, 0) + num
-        if merged[sku_id] > MAX_NUM:
-            raise BadOrder(f"at most {MAX_NUM} of one SKU per order")
-    # A fixed order of reservation keeps two orders for the same SKUs from
-    # each holding what the other needs.
-    return [Line(s, n) for s, n in sorted(merged.items())]
 
 
 def log_entry(kind: str, who: str, remarks: str) -> dict[str, Any]:
