@@ -34,7 +34,7 @@ import settings as settings_mod  # noqa: E402
 from server.gateway.wxpay_v2 import signing, xmlcodec  # noqa: E402
 from server.infra.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
 from server.simulator import trades as sim_trades  # noqa: E402
-from server.simulator import v3 as sim_v3  # noqa: E402
+from server.simulator import v3_messages as sim_v3  # noqa: E402
 from server.simulator.v3_keys import PUB_KEY_ID_FILE, PUBLIC_KEY_MODE, V3Keys, generate_sandbox_keys  # noqa: E402
 
 # run_all.py --quick points this elsewhere, so a smoke run never overwrites the

@@ -100,7 +100,7 @@ async def test_v3_migration_and_rotation_lose_no_notify(shopper: Shopper) -> Non
 
 async def genuine_notify(shopper: Shopper, services: Services) -> tuple[dict[str, Any], bytes, dict[str, str]]:
     """A paid trade's notify exactly as the simulator (WeChat) would send it, not sent yet."""
-    from server.simulator import v3 as sim_v3
+    from server.simulator import v3_messages as sim_v3
 
     order = await shopper.order([("tea-longjing", 1)])
     native = await shopper.create_native(order["id"])
@@ -166,7 +166,7 @@ async def test_v3_notify_that_must_not_be_believed_is_refused_and_records_nothin
 
 
 async def _resign(services: Services, order: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
-    from server.simulator import v3 as sim_v3
+    from server.simulator import v3_messages as sim_v3
 
     sim = services.simulator
     assert sim is not None and sim.v3 is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from server.gateway.wxpay_v2 import signing, xmlcodec
-from server.simulator import v3
+from server.simulator import v3_messages
 from server.simulator.trades import V3, Trade
 from server.simulator.v3_keys import V3Keys
 
@@ -98,7 +98,7 @@ class Notifier:
         url = trade.request["notify_url"]
         if trade.api == V3:
             assert self._v3 is not None  # only the v3 face places v3 trades
-            data, headers = v3.notify_message(self._v3, trade, plan.coupons)
+            data, headers = v3_messages.notify_message(self._v3, trade, plan.coupons)
         else:
             data, headers = xmlcodec.render(self.message(trade, plan)), {"Content-Type": "text/xml"}
         try:

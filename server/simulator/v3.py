@@ -11,7 +11,6 @@ current mode. Trades live in the same TradeBook as v2's.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import re
@@ -22,14 +21,14 @@ from typing import Any, Protocol
 import tornado.web
 
 from server.simulator import v3_crypto
-from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, V3, Trade, TradeBook, TradeError
+from server.simulator.trades import V3, TradeBook, TradeError
 from server.simulator.v3_keys import SIGNATURE_TYPE, V3Keys
+from server.simulator.v3_messages import BEIJING, beijing_compact, signed_headers, transaction
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 CLOCK_SKEW = 300  # seconds a request's timestamp may be off, as WeChat allows
-BEIJING = dt.timezone(dt.timedelta(hours=8))
 OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{6,32}$")
 AUTH_FIELD = re.compile(r'(\w+)="([^"]*)"')
 
@@ -62,67 +61,6 @@ class V3Error(Exception):
     def of(cls, exc: TradeError) -> V3Error:
         status, code = V3_ERRORS.get(exc.err_code, (400, exc.err_code))
         return cls(status, code, exc.err_code_des)
-
-
-def rfc3339(epoch: float) -> str:
-    """WeChat's time format: Beijing time with its offset, to the second."""
-    return dt.datetime.fromtimestamp(int(epoch), BEIJING).isoformat()
-
-
-def beijing_compact(value: str) -> str:
-    """RFC 3339 -> the TradeBook's yyyyMMddHHmmss Beijing time."""
-    when = dt.datetime.fromisoformat(value)
-    if when.tzinfo is None:
-        raise ValueError("time without an offset")
-    return when.astimezone(BEIJING).strftime("%Y%m%d%H%M%S")
-
-
-def _success_time(trade: Trade) -> str:
-    paid = dt.datetime.strptime(trade.time_end, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
-    return paid.isoformat()
-
-
-def transaction(keys: V3Keys, trade: Trade, coupons: int = 0) -> dict[str, Any]:
-    """A trade as v3's query answers it and as a notify's resource carries it."""
-    answer: dict[str, Any] = {
-        "appid": trade.request.get("appid", keys.appid), "mchid": keys.mchid,
-        "out_trade_no": trade.out_trade_no, "trade_state": trade.state,
-        "trade_state_desc": TRADE_STATE_DESC[trade.state], "attach": trade.request.get("attach", ""),
-        "amount": {"total": trade.total_fee, "currency": "CNY"},
-    }
-    if trade.state == SUCCESS:
-        paid_in_coupons = max(0, min(coupons, trade.total_fee - 1))
-        answer.update(transaction_id=trade.transaction_id, trade_type="NATIVE", bank_type="OTHERS",
-                      success_time=_success_time(trade), payer={"openid": trade.openid})
-        answer["amount"].update(payer_total=trade.total_fee - paid_in_coupons, payer_currency="CNY")
-        if paid_in_coupons:
-            answer["promotion_detail"] = [
-                {"coupon_id": str(2000000000000000000 + i), "name": "simulated coupon", "scope": "GLOBAL",
-                 "type": "NOCASH" if i % 2 else "CASH", "amount": 1, "currency": "CNY"}
-                for i in range(paid_in_coupons)]
-    return answer
-
-
-def signed_headers(keys: V3Keys, body: bytes) -> dict[str, str]:
-    """WeChat's signature headers over a body it sends (answer or notify)."""
-    signer = keys.signer
-    timestamp, nonce = str(int(time.time())), v3_crypto.new_nonce()
-    return {"Wechatpay-Timestamp": timestamp, "Wechatpay-Nonce": nonce, "Wechatpay-Serial": signer.serial,
-            "Wechatpay-Signature": signer.sign(f"{timestamp}\n{nonce}\n{body.decode()}\n"),
-            "Wechatpay-Signature-Type": SIGNATURE_TYPE}
-
-
-def notify_message(keys: V3Keys, trade: Trade, coupons: int = 0) -> tuple[bytes, dict[str, str]]:
-    """A TRANSACTION.SUCCESS notify as WeChat POSTs it: body and headers
-    (``coupons``: the shopper paid that many fen with coupons)."""
-    resource = json.dumps(transaction(keys, trade, coupons), ensure_ascii=False)
-    body = json.dumps({
-        "id": trade.notify_id, "create_time": rfc3339(time.time()), "resource_type": "encrypt-resource",
-        "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
-        "resource": {"original_type": "transaction",
-                     **v3_crypto.encrypt(keys.apiv3_key, resource.encode(), "transaction")},
-    }, ensure_ascii=False).encode()
-    return body, {"Content-Type": "application/json", **signed_headers(keys, body)}
 
 
 class V3Handler(tornado.web.RequestHandler):
