@@ -260,15 +260,25 @@ class Stack:
         assert self.server is not None
         return self.server.pid
 
-    def seed_orders(self, n: int, *, expires_in: float = 3600.0, price: int = 100) -> list[tuple[str, int]]:
-        """``n`` unpaid orders of the bench user, written straight to MongoDB."""
+    def seed_orders(self, n: int, *, expires_in: float = 3600.0, price: int = 100,
+                    skus: int = 0) -> list[tuple[str, int]]:
+        """``n`` unpaid orders of the bench user, written straight to MongoDB.
+
+        With ``skus``, each order also holds one item of one of that many SKUs,
+        as an order placed through the API does, so paying it has stock to settle."""
         now = time.time()
         docs = [{"_id": time.strftime("%Y%m%d") + secrets.token_hex(12), "user": BENCH_USER,
-                 "items": [{"sku_id": "bench-sku", "name": "Bench item", "price": price, "num": 1}],
+                 "items": [{"sku_id": f"bench-sku-{i % skus}" if skus else "bench-sku", "name": "Bench item",
+                            "price": price, "num": 1}],
                  "pay_money": price, "status": "unpaid", "created_at": now, "expires_at": now + expires_in}
-                for _ in range(n)]
+                for i in range(n)]
         for i in range(0, n, 1000):
             self.db.orders.insert_many(docs[i:i + 1000])
+        for k in range(skus):
+            held = [str(d["_id"]) for d in docs[k::skus]]
+            self.db.skus.replace_one({"_id": f"bench-sku-{k}"},
+                                     {"_id": f"bench-sku-{k}", "name": "Bench item", "price": price,
+                                      "stock": 1_000_000, "holds": dict.fromkeys(held, 1)}, upsert=True)
         return [(str(d["_id"]), price) for d in docs]
 
     def stop(self) -> None:
@@ -281,7 +291,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.mongo.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if os.environ.get("BENCH_KEEP"):
+            print(f"kept {self.tmp} (BENCH_KEEP): server logs and store", file=sys.stderr)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @contextmanager
