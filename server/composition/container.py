@@ -169,8 +169,8 @@ class Services:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(TimeoutError):  # bookkeeping left undone is redone by the timeout worker
-            await asyncio.wait_for(self.orders.finish_bookkeeping(), remaining())
+        # Bookkeeping left undone is redone by the timeout worker.
+        await self.orders.finish_bookkeeping(within=remaining())
         # Publishes under way get a moment; their events stay in the outbox
         # until confirmed, so one cut off is only published again later.
         await self.events.close(within=min(3.0, remaining()))

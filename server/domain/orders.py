@@ -11,14 +11,13 @@ can be driven again by a repeat.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
 
 from server.domain.errors import Conflict, LimitReached, NotFound
 from server.domain.order_request import BadOrder, Line
@@ -26,8 +25,8 @@ from server.domain.stock import Stock, max_per_order
 from server.infra.bus import BusUnavailable
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
-from server.lifecycle import Callbacks
-from server.push.events import OrderEvents, outbox_fields
+from server.lifecycle import Batches, Callbacks
+from server.push.events import ROOM_WAIT, OrderEvents, outbox_fields
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,11 @@ class Orders:
         self.events = events
         self.deadlines = deadlines
         self.stock = Stock(store)
-        self._tasks: set[asyncio.Task[None]] = set()
+        # A payment's holds become sales after the notify is answered, many
+        # orders to one update per SKU; what does not fit or fails is redone
+        # by the timeout worker at the order's deadline.
+        self._sold: Batches[dict[str, Any]] = Batches("stock.keep_as_sold", self.stock.keep_as_sold,
+                                                      swallow=(PyMongoError,))
         self.on_transition: Callbacks[[str]] = Callbacks("orders.on_transition")
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
@@ -200,24 +203,14 @@ class Orders:
             await self.stock.give_back(order)
         elif transition == COMPENSATED:
             await self.stock.take_again(order)
-        self.events.flush_soon(order)
+        await self.events.flush_soon(order)
         if transition == PAID:
-            self._background(self.stock.keep_as_sold(order))
+            await self._sold.put(order, wait=ROOM_WAIT)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("stock bookkeeping failed, the timeout worker will redo it: %s", task.exception())
-
-    async def finish_bookkeeping(self) -> None:
+    async def finish_bookkeeping(self, within: float = 5.0) -> None:
         """Let stock bookkeeping under way in the background finish (shutdown)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5.0)
+        await self._sold.drain(within)
+        await self._sold.close()
 
     async def close(self, order_id: str, remarks: str) -> tuple[bool, dict[str, Any] | None]:
         """unpaid -> closed, with its log entry; stock given back. Returns (won, order after)."""

@@ -11,9 +11,10 @@ recorded as ``retaken.<order_id>``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 
 from server.infra.store import Store
 
@@ -48,12 +49,19 @@ class Stock:
                 {"_id": item["sku_id"], f"holds.{order['_id']}": {"$exists": True}},
                 {"$inc": {"stock": int(item["num"])}, "$unset": {f"holds.{order['_id']}": ""}})
 
-    async def keep_as_sold(self, order: dict[str, Any]) -> None:
-        """A paid order's holds become sales: the stock stays taken, the holds go."""
-        for item in order["items"]:
-            await self.store.skus.update_one(
-                {"_id": item["sku_id"], f"holds.{order['_id']}": {"$exists": True}},
-                {"$unset": {f"holds.{order['_id']}": ""}})
+    async def keep_as_sold(self, orders: Iterable[dict[str, Any]]) -> None:
+        """Paid orders' holds become sales: the stock stays taken, the holds go.
+
+        One update per SKU for all the orders given, sent together in one
+        round trip: unsetting a hold moves no stock, so a hold already gone (a
+        repeat) changes nothing."""
+        by_sku: dict[str, dict[str, str]] = {}
+        for order in orders:
+            for item in order["items"]:
+                by_sku.setdefault(item["sku_id"], {})[f"holds.{order['_id']}"] = ""
+        if by_sku:
+            await self.store.skus.bulk_write(
+                [UpdateOne({"_id": sku_id}, {"$unset": holds}) for sku_id, holds in by_sku.items()], ordered=False)
 
     async def take_again(self, order: dict[str, Any]) -> None:
         """A closed order was paid after all: what the close gave back is taken

@@ -64,7 +64,7 @@ class Timeouts:
             await self.orders.stock.give_back(order)
             return Outcome.FINAL, 0.0
         if status == PAID:  # settle what a crash may have kept held
-            await self.orders.stock.keep_as_sold(order)
+            await self.orders.stock.keep_as_sold([order])
             return Outcome.FINAL, 0.0
         if status == REJECTED:
             return Outcome.FINAL, 0.0

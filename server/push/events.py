@@ -17,14 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from pymongo.errors import PyMongoError
 
 from server.infra.bus import Bus, BusUnavailable
 from server.infra.store import Store
-from server.lifecycle import Callbacks
+from server.lifecycle import Batches, Callbacks
 from server.push.tokens import PushTokens
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,14 @@ CLAIM_SECONDS = 10.0
 IDLE_DRAIN_SECONDS = 30.0
 TRANSITION_AT = "x-paypush-transition-at"  # header: when the order changed, for push latency
 PUBLISH_GRACE = 5.0
+# Events waiting to be published by this process; past that the outbox keeps
+# them for the drainer. Kept well under what is published within CLAIM_SECONDS,
+# so a waiting event is not also claimed by the drainer.
+OUTGOING_LIMIT = 2000
+DRAIN_BATCH = 200
+# How long a transition (a notify being answered) waits for room among the
+# events to publish: enough to follow the broker's pace, far inside WeChat's 5 s.
+ROOM_WAIT = 1.0
 
 
 def event_for(order: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
@@ -67,13 +77,17 @@ class OrderEvents:
         self.published = 0
         self._drain_soon = True  # at start-up: another process may have left some
         self._last_drain = 0.0
-        self._tasks: set[asyncio.Task[bool]] = set()
+        # Publishes after a transition go out in batches: the confirms of a
+        # batch come back together and its outbox entries are cleared in one
+        # update per kind, instead of a broker and a store round trip each.
+        self._outgoing: Batches[dict[str, Any]] = Batches("events.publish", self._publish_batch, limit=OUTGOING_LIMIT)
         # (push token, event, transition time): this process's sockets for that token.
         self.deliver_locally: Callbacks[[str, dict[str, Any], float]] = Callbacks("events.deliver_locally")
 
-    def flush_soon(self, order: dict[str, Any]) -> None:
+    async def flush_soon(self, order: dict[str, Any]) -> None:
         """Give the order's pending event to this process's sockets, and publish
-        it in the background (the caller holds the claim)."""
+        it in the background (the caller holds the claim). When more events
+        wait than the broker takes, the caller waits a moment for room."""
         kind = order.get("pending_event")
         if not kind:
             return
@@ -86,38 +100,48 @@ class OrderEvents:
             log.exception("event %s for %s: local delivery failed", kind, order["_id"])
         if self.bus is None:
             return
-        task = asyncio.get_running_loop().create_task(self._publish(order))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish(self, order: dict[str, Any]) -> bool:
-        assert self.bus is not None
-        kind = order["pending_event"]
-        try:
-            await self.bus.publish_json(self.tokens.routing_key(order["_id"]), event_for(order, kind),
-                                        {TRANSITION_AT: transition_time(order, kind)})
-        except BusUnavailable as exc:
-            log.warning("event %s for %s not published yet (%s); the outbox keeps it",
-                        kind, order["_id"], exc)
-            # Let the drainer have it as soon as the broker is back.
+        if not await self._outgoing.put(order, wait=ROOM_WAIT):
+            # Still no room (the broker is slow or stalled): this one stays in
+            # the outbox, and the drainer publishes it when its claim runs out.
             self._drain_soon = True
+
+    async def _publish_batch(self, orders: list[dict[str, Any]]) -> int:
+        """Publish the orders' pending events (confirmed) and clear those that
+        went out from the outbox. Returns how many went out."""
+        assert self.bus is not None
+        bus = self.bus
+        results = await asyncio.gather(
+            *(bus.publish_json(self.tokens.routing_key(o["_id"]), event_for(o, o["pending_event"]),
+                               {TRANSITION_AT: transition_time(o, o["pending_event"])}) for o in orders),
+            return_exceptions=True)
+        sent = [o for o, r in zip(orders, results, strict=True) if r is None]
+        failed = [(o, r) for o, r in zip(orders, results, strict=True) if r is not None]
+        self.published += len(sent)
+        if failed:
+            first = failed[0][1]
+            if not isinstance(first, BusUnavailable):
+                log.error("publishing %d event(s) failed unexpectedly", len(failed), exc_info=first)
+            log.warning("%d event(s) not published yet, first for %s (%s); the outbox keeps them",
+                        len(failed), failed[0][0]["_id"], first)
+            self._drain_soon = True  # the drainer takes them as soon as the broker is back
             with contextlib.suppress(PyMongoError):
-                await self.store.orders.update_one({"_id": order["_id"], "pending_event": kind},
-                                                   {"$set": {"pending_claim_until": 0}})
-            return False
-        self.published += 1
+                for kind, ids in by_kind(o for o, _ in failed).items():
+                    await self.store.orders.update_many({"_id": {"$in": ids}, "pending_event": kind},
+                                                        {"$set": {"pending_claim_until": 0}})
         try:
-            await self.store.orders.update_one({"_id": order["_id"], "pending_event": kind},
-                                               {"$unset": {"pending_event": "", "pending_claim_until": ""}})
+            for kind, ids in by_kind(sent).items():
+                await self.store.orders.update_many(
+                    {"_id": {"$in": ids}, "pending_event": kind},
+                    {"$unset": {"pending_event": "", "pending_claim_until": "", "pending_claimed_by": ""}})
         except PyMongoError as exc:
-            # Published but still pending: it will be published again (at least once).
-            log.warning("event %s for %s published, outbox not cleared: %s", kind, order["_id"], exc)
-        return True
+            # Published but still pending: they will be published again (at least once).
+            log.warning("%d event(s) published, outbox not cleared: %s", len(sent), exc)
+        return len(sent)
 
-    async def publish_pending(self, limit: int = 100, stop: asyncio.Event | None = None) -> int:
-        """Claim and publish pending events whose claim ran out. Returns how many went out.
-
-        Once ``stop`` is set no further event is claimed (shutdown)."""
+    async def publish_pending(self, limit: int = 1000, stop: asyncio.Event | None = None) -> int:
+        """Claim and publish pending events whose claim ran out, a batch at a
+        time. Returns how many went out. Once ``stop`` is set no further
+        batch is claimed (shutdown)."""
         if self.bus is None or not self.bus.is_open:
             return 0
         now = time.time()
@@ -125,21 +149,38 @@ class OrderEvents:
             return 0
         self._drain_soon, self._last_drain = False, now
         sent = 0
-        for _ in range(limit):
-            if stop is not None and stop.is_set():
+        while sent < limit and not (stop is not None and stop.is_set()):
+            claimed = await self._claim(min(DRAIN_BATCH, limit - sent))
+            if not claimed:
+                # Pending events whose claim has not run out yet (left by a
+                # publish that failed or found no room) are due in a moment.
+                self._drain_soon = await self.store.orders.find_one(
+                    {"pending_event": {"$exists": True}}, projection={"_id": 1}) is not None
                 break
-            now = time.time()
-            order = await self.store.orders.find_one_and_update(
-                {"pending_event": {"$exists": True}, "pending_claim_until": {"$lt": now}},
-                {"$set": {"pending_claim_until": now + CLAIM_SECONDS}})
-            if order is None:
-                break
-            if not await self._publish(order):
-                break
-            sent += 1
-        if sent == limit:
+            went = await self._publish_batch(claimed)
+            sent += went
+            if went < len(claimed):
+                break  # the broker is failing again
+        if sent >= limit:
             self._drain_soon = True  # more where these came from
         return sent
+
+    async def _claim(self, n: int) -> list[dict[str, Any]]:
+        """Up to ``n`` pending events whose claim ran out, claimed by this call:
+        each order is taken by the conditional update, which another process's
+        claim of the same order cannot also win, and read back by the claim's token."""
+        now = time.time()
+        due = await self.store.orders.find(
+            {"pending_event": {"$exists": True}, "pending_claim_until": {"$lt": now}},
+            projection={"_id": 1}).to_list(n)
+        if not due:
+            return []
+        ids = [d["_id"] for d in due]
+        token = secrets.token_hex(8)
+        await self.store.orders.update_many(
+            {"_id": {"$in": ids}, "pending_event": {"$exists": True}, "pending_claim_until": {"$lt": now}},
+            {"$set": {"pending_claim_until": now + CLAIM_SECONDS, "pending_claimed_by": token}})
+        return await self.store.orders.find({"_id": {"$in": ids}, "pending_claimed_by": token}).to_list(None)
 
     async def backlog(self) -> int:
         return await self.store.orders.count_documents({"pending_event": {"$exists": True}})
@@ -147,6 +188,14 @@ class OrderEvents:
     async def close(self, within: float = PUBLISH_GRACE) -> None:
         """Let publishes under way finish (at most ``within`` seconds); the
         outbox keeps what does not make it."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=max(0.01, within))
+        await self._outgoing.drain(within)
+        await self._outgoing.close()
+
+
+def by_kind(orders: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """Order ids grouped by the event pending on them."""
+    groups: dict[str, list[str]] = {}
+    for order in orders:
+        groups.setdefault(order["pending_event"], []).append(order["_id"])
+    return groups
 
