@@ -23,14 +23,15 @@ BACKLOG = 450  # more than two drain batches
 @pytest.mark.gen_test(timeout=60)
 async def test_two_drainers_publish_a_backlog_once_each_event(services: Services, amqp_url: str) -> None:
     now = time.time()
-    orders = [{"_id": f"drain{i:027d}", "user": "demo", "items": [], "pay_money": 100 + i, "status": "paid",
-               "paid_at": now, "pending_event": "paid", "pending_claim_until": 0} for i in range(BACKLOG)]
+    ids = [f"drain{i:027d}" for i in range(BACKLOG)]
+    orders = [{"_id": order_id, "user": "demo", "items": [], "pay_money": 100, "status": "paid",
+               "paid_at": now, "pending_event": "paid", "pending_claim_until": 0} for order_id in ids]
     await services.store.orders.insert_many(orders)
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()
     queue = await channel.declare_queue(exclusive=True)
-    for order in orders:  # exactly these orders' keys: other tests' events do not count
-        await queue.bind("paynotify", routing_key=services.push_tokens.routing_key(order["_id"]))
+    for order_id in ids:  # exactly these orders' keys: other tests' events do not count
+        await queue.bind("paynotify", routing_key=services.push_tokens.routing_key(order_id))
     heard: collections.Counter[str] = collections.Counter()
 
     async def hear(message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -45,7 +46,7 @@ async def test_two_drainers_publish_a_backlog_once_each_event(services: Services
     assert sum(sent) == BACKLOG, f"published {sent} between them"
     await eventually(lambda: len(heard) == BACKLOG, message="every event heard on paynotify")
     assert max(heard.values()) == 1, "no event published twice"
-    left = await services.store.orders.count_documents({"_id": {"$in": [o["_id"] for o in orders]},
+    left = await services.store.orders.count_documents({"_id": {"$in": ids},
                                                         "pending_event": {"$exists": True}})
     assert left == 0
     await connection.close()
