@@ -53,14 +53,51 @@ class Trade:
     payment: Payment | None = None
 
 
+# A refund's states, ours and (lower-cased) WeChat's: v2 SUCCESS/PROCESSING/
+# REFUNDCLOSE/CHANGE and v3 SUCCESS/PROCESSING/CLOSED/ABNORMAL map onto these.
+REFUND_PROCESSING, REFUND_SUCCESS, REFUND_CLOSED, REFUND_ABNORMAL = "processing", "success", "closed", "abnormal"
+REFUND_FINAL = frozenset({REFUND_SUCCESS, REFUND_CLOSED, REFUND_ABNORMAL})
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    """Money to give back from one trade. ``out_refund_no`` is ours and is sent
+    again unchanged when a call must be retried (WeChat then answers for the
+    same refund instead of making a second one)."""
+
+    out_trade_no: str
+    out_refund_no: str
+    total_fee: int  # the trade's amount, fen
+    refund_fee: int  # this refund, fen
+    reason: str
+    notify_url: str
+    # Set: refund this transaction (a second payment of the same order);
+    # unset: the order's trade, by out_trade_no.
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundState:
+    """A refund as WeChat sees it now (from the refund call, a query or a notify)."""
+
+    out_refund_no: str
+    out_trade_no: str
+    refund_id: str  # WeChat's id for it
+    amount: int  # fen
+    status: str  # REFUND_PROCESSING, REFUND_SUCCESS, REFUND_CLOSED or REFUND_ABNORMAL
+    success_time: float | None = None  # epoch seconds, when status is success
+
+
 @dataclass(frozen=True)
 class Notice:
     """A notify whose signature, merchant and shape checked out. ``payment`` is
-    None for a failed payment attempt (``failure`` says why)."""
+    None for a failed payment attempt (``failure`` says why). ``refund`` is set
+    (and ``payment`` None) for a refund notify (API v3 sends both kinds to one URL)."""
 
     out_trade_no: str
     payment: Payment | None
     failure: str = ""
+    refund: RefundState | None = None
 
 
 class PaymentGateway(abc.ABC):
@@ -79,3 +116,18 @@ class PaymentGateway(abc.ABC):
     @abc.abstractmethod
     def read_notify(self, body: bytes, headers: Mapping[str, str]) -> Notice:
         """Parse and verify a payment notify; raises NotifyRejected with the reason for WeChat."""
+
+    @abc.abstractmethod
+    async def refund(self, request: RefundRequest) -> RefundState:
+        """Ask WeChat to give money back (its state right after: usually
+        processing). Raises RefundRefused when WeChat says no for a reason a
+        retry cannot fix, GatewayUnavailable when the same request (same
+        out_refund_no) must be sent again."""
+
+    @abc.abstractmethod
+    async def query_refund(self, out_refund_no: str) -> RefundState:
+        """The refund now; raises RefundNotFound when WeChat has none."""
+
+    @abc.abstractmethod
+    def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
+        """Parse, verify and decrypt a refund notify; raises NotifyRejected."""

@@ -38,6 +38,15 @@ class CloseTooEarly(GatewayError):
     """WeChat will not close a trade this young yet; ask again in a while."""
 
 
+class RefundRefused(GatewayError):
+    """WeChat will not make this refund (more than is left, a trade not paid or
+    too old, a bad request): asking again cannot help."""
+
+
+class RefundNotFound(GatewayError):
+    """WeChat has no refund with this out_refund_no."""
+
+
 class GatewayUnavailable(GatewayError):
     """Unreachable, a system error, a rate limit or an answer we cannot trust:
     the same call can succeed later."""

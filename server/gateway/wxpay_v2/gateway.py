@@ -6,7 +6,17 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from server.gateway.abc import PAID_STATES, NativeCheckout, NativeOrder, Notice, Payment, PaymentGateway, Trade
+from server.gateway.abc import (
+    PAID_STATES,
+    NativeCheckout,
+    NativeOrder,
+    Notice,
+    Payment,
+    PaymentGateway,
+    RefundRequest,
+    RefundState,
+    Trade,
+)
 from server.gateway.errors import NotifyRejected, WxPayBadResponse
 from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.gateway.wxpay_v2.client import WxPayClient, parse_wx_time
@@ -77,3 +87,13 @@ class WxPayV2Gateway(PaymentGateway):
             raise NotifyRejected("transaction_id missing")
         return Notice(order_id, Payment(order_id, transaction_id, int(total_fee),
                                         _paid_at(fields.get("time_end", ""))))
+
+    # Refunds: being built (issue 13); nothing calls these yet.
+    async def refund(self, request: RefundRequest) -> RefundState:
+        raise NotImplementedError
+
+    async def query_refund(self, out_refund_no: str) -> RefundState:
+        raise NotImplementedError
+
+    def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
+        raise NotImplementedError

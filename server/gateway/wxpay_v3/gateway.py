@@ -15,7 +15,18 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from server.gateway.abc import PAID_STATES, SUCCESS, NativeCheckout, NativeOrder, Notice, Payment, PaymentGateway, Trade
+from server.gateway.abc import (
+    PAID_STATES,
+    SUCCESS,
+    NativeCheckout,
+    NativeOrder,
+    Notice,
+    Payment,
+    PaymentGateway,
+    RefundRequest,
+    RefundState,
+    Trade,
+)
 from server.gateway.errors import GatewayUnavailable, NotifyRejected
 from server.gateway.wxpay_v3 import crypto
 from server.gateway.wxpay_v3.client import WxPayV3Client, parse_rfc3339
@@ -124,3 +135,13 @@ class WxPayV3Gateway(PaymentGateway):
         if not isinstance(trade, dict):
             raise NotifyRejected("resource is not a JSON object")
         return trade
+
+    # Refunds: being built (issue 13); nothing calls these yet.
+    async def refund(self, request: RefundRequest) -> RefundState:
+        raise NotImplementedError
+
+    async def query_refund(self, out_refund_no: str) -> RefundState:
+        raise NotImplementedError
+
+    def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
+        raise NotImplementedError
