@@ -346,6 +346,9 @@ class Settings:
     timeout_retry_delays: tuple[int, ...] = field(metadata=setting(
         "TIMEOUT_RETRY_DELAYS", whole_seconds, "5,30,120,600",
         "seconds between looks at an order that is not final yet"))
+    refund_check_delays: tuple[int, ...] = field(metadata=setting(
+        "REFUND_CHECK_DELAYS", whole_seconds, "60,300,1800,7200",
+        "seconds before each look at a refund WeChat has not finished (the last repeats)"))
     sweep_interval_seconds: float = field(metadata=setting(
         "SWEEP_INTERVAL_SECONDS", number(positive=True), "60",
         "how often the backstop sweeper runs"))
@@ -375,6 +378,11 @@ class Settings:
     def notify_url(self) -> str:
         """Where WeChat sends payment notifies: v2 XML and v3 JSON have an endpoint each."""
         return f"{self.public_url}/wxpay/v3/notify" if self.wxpay_api == "v3" else f"{self.public_url}/wxpay/notify"
+
+    @property
+    def refund_notify_url(self) -> str:
+        """Where WeChat sends refund notifies: v2 has its own endpoint, v3 shares the payments' one."""
+        return self.notify_url if self.wxpay_api == "v3" else f"{self.public_url}/wxpay/refund_notify"
 
     @property
     def simulator_base(self) -> str:

@@ -15,6 +15,7 @@ from server.domain.errors import (
     Busy,
     Conflict,
     DomainError,
+    Forbidden,
     InvalidRequest,
     LimitReached,
     NotFound,
@@ -56,6 +57,7 @@ def user_from_cookie_header(header: str, secret: str) -> str | None:
 # Most specific first: a subclass of one kind is never caught by another's row.
 HTTP_STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (InvalidRequest, 400),
+    (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
     (LimitReached, 429),

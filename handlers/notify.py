@@ -1,5 +1,6 @@
-"""WeChat's payment results: ``POST /wxpay/notify`` (API v2, XML) and
-``POST /wxpay/v3/notify`` (API v3, JSON).
+"""WeChat's payment and refund results: ``POST /wxpay/notify`` (API v2, XML),
+``POST /wxpay/refund_notify`` (API v2 refunds, XML) and ``POST /wxpay/v3/notify``
+(API v3, JSON, payments and refunds).
 
 WeChat retries until it reads success, so success is sent only once the
 payment is durably recorded, and a failure (with a reason) whenever a retry
@@ -19,6 +20,7 @@ from tornado.http1connection import HTTP1Connection
 
 from handlers.base import BaseHandler
 from server.domain.payments import NotifyRejected, Payments
+from server.domain.refunds import Refunds
 from server.gateway.abc import PaymentGateway
 from server.gateway.wxpay_v2 import xmlcodec
 from server.lifecycle import InFlight
@@ -68,7 +70,7 @@ class NotifyHandler(BaseHandler):
         if self._too_large:
             return self._reply_fail("body too large", 413)
         try:
-            order_id = await self.payments.handle_notify(b"".join(self._chunks), self.request.headers, self.reader)
+            order_id = await self.record(b"".join(self._chunks))
         except NotifyRejected as exc:
             self.count("rejected")
             return self._reply_fail(str(exc), 400)
@@ -79,6 +81,10 @@ class NotifyHandler(BaseHandler):
         self.count("acknowledged")
         log.info("notify for %s acknowledged", order_id)
         self._reply_ok()
+
+    async def record(self, body: bytes) -> str:
+        """Verify and record the notify; returns what it was about (for the log)."""
+        return await self.payments.handle_notify(body, self.request.headers, self.reader)
 
     def get(self) -> None:
         self._reply_fail("use POST", 405)
@@ -112,3 +118,17 @@ class V3NotifyHandler(NotifyHandler):
     def _reply_failure(self, reason: str) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps({"code": "FAIL", "message": reason}, ensure_ascii=False))
+
+
+class RefundNotifyHandler(NotifyHandler):
+    """API v2 refunds: the same answers as payments; what is inside is
+    encrypted but not signed, so only a refund we asked for is believed."""
+
+    def initialize(self, requests: InFlight, refunds: Refunds,  # type: ignore[override]
+                   count: Callable[[str], None]) -> None:
+        BaseHandler.initialize(self, requests)
+        self.refunds = refunds
+        self.count = count
+
+    async def record(self, body: bytes) -> str:
+        return await self.refunds.handle_notify(body, self.request.headers)

@@ -217,7 +217,12 @@ async def test_second_payment_of_a_paid_order_is_flagged_not_recorded(shopper: S
     assert (status, reply["return_code"]) == (200, "SUCCESS")
     now = await shopper.get_order(order["id"])
     assert now["transaction_id"] == "4200000000202611270000000001"
-    assert [e["kind"] for e in now["logs"]] == ["created", "paid", "duplicate_payment"]
+    kinds = [e["kind"] for e in now["logs"]]
+    assert kinds[:3] == ["created", "paid", "duplicate_payment_4200000000999"]
+    # Given back (tests/test_refunds.py follows such a refund to its end).
+    [refund] = now["refunds"]
+    assert (refund["transaction_id"], refund["amount"]) == ("4200000000999", order["pay_money"])
+    assert now["refunded"] == 0, "the second payment's refund is not a refund of the order"
 
 
 # -- notifies as WeChat really sends them ---------------------------------------

@@ -1,7 +1,8 @@
 """Backstop: overdue unpaid orders whose deadline message never reached
 RabbitMQ (broker down at creation, a crash) are settled by the same code as the
-queue's, at a low frequency. Meeting the queue worker on an order is harmless:
-the transitions are conditional."""
+queue's, at a low frequency, and so are refunds still processing whose check
+message was lost. Meeting the queue workers on an order is harmless: the
+transitions are conditional."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pymongo.errors import PyMongoError
 
 from server.domain.orders import Orders
+from server.domain.refunds import Check, Refunds
 from server.domain.timeouts import Outcome, Timeouts
 from server.lifecycle import InFlight, every
 
@@ -37,7 +39,22 @@ async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float,
     return settled
 
 
-async def run(orders: Orders, timeouts: Timeouts, interval: float, grace: float,
-              stopping: asyncio.Event, passes: InFlight) -> None:
-    await every(interval, lambda: sweep_once(orders, timeouts, grace, stopping), stopping, passes,
-                "sweeper", swallow=(PyMongoError,))
+async def check_stale_refunds(refunds: Refunds, older_than: float, stop: asyncio.Event | None = None) -> int:
+    """Refunds processing and not looked at for ``older_than`` seconds; returns how many became final."""
+    final = 0
+    for order_id, no in await refunds.stale(older_than):
+        if stop is not None and stop.is_set():
+            break
+        final += await refunds.check(order_id, no) is Check.FINAL
+    if final:
+        log.info("sweeper: %d refund(s) whose checks were lost are final now", final)
+    return final
+
+
+async def run(orders: Orders, timeouts: Timeouts, refunds: Refunds, interval: float, grace: float,
+              refund_grace: float, stopping: asyncio.Event, passes: InFlight) -> None:
+    async def one_pass() -> None:
+        await sweep_once(orders, timeouts, grace, stopping)
+        await check_stale_refunds(refunds, refund_grace, stopping)
+
+    await every(interval, one_pass, stopping, passes, "sweeper", swallow=(PyMongoError,))

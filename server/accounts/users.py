@@ -29,21 +29,40 @@ def check_credentials_shape(username: str, password: str) -> None:
         raise InvalidUser(f"password: 8 to {MAX_PASSWORD} characters")
 
 
-async def create_user(store: Store, username: str, password: str, *, replace: bool = False) -> bool:
-    """Create the user; with ``replace``, reset an existing user's password.
+OPERATOR = "operator"  # may see every order and give money back
 
-    Returns True when a new user was created.
+
+async def create_user(store: Store, username: str, password: str, *, replace: bool = False,
+                      operator: bool = False) -> bool:
+    """Create the user; with ``replace``, reset an existing user's password
+    (and, with ``operator``, promote them). Returns True when a new user was created.
+
+    ``replace`` without ``operator`` leaves an operator an operator: demoting
+    is a deliberate act, not a side effect of a password reset.
     """
     check_credentials_shape(username, password)
     hashed = await asyncio.to_thread(hash_password, password)
+    role = {"role": OPERATOR} if operator else {}
     try:
-        await store.users.insert_one({"_id": username, "password": hashed, "created_at": time.time()})
+        await store.users.insert_one({"_id": username, "password": hashed, "created_at": time.time(), **role})
         return True
     except DuplicateKeyError:
         if not replace:
             raise InvalidUser(f"user {username!r} already exists") from None
-    await store.users.update_one({"_id": username}, {"$set": {"password": hashed}})
+    await store.users.update_one({"_id": username}, {"$set": {"password": hashed, **role}})
     return False
+
+
+class Roles:
+    """Who may do what beyond shopping: read from the users collection on each
+    ask, so a promotion or demotion counts at once, without a new login."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def is_operator(self, username: str) -> bool:
+        return await self.store.users.find_one({"_id": username, "role": OPERATOR},
+                                               projection={"_id": 1}) is not None
 
 
 async def authenticate(store: Store, username: str, password: str) -> bool:

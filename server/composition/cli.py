@@ -163,11 +163,11 @@ async def run_simulator(settings: settings_mod.Settings, host: str, port: int) -
 
 
 async def add_user(settings: settings_mod.Settings, mongo_url: str, name: str, password: str,
-                   replace: bool) -> bool:
+                   replace: bool, operator: bool = False) -> bool:
     await check_mongo(settings, mongo_url)
     store = connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
     try:
-        return await create_user(store, name, password, replace=replace)
+        return await create_user(store, name, password, replace=replace, operator=operator)
     finally:
         await store.close()
 
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("name")
     user.add_argument("--password", help="the password (prompted for when omitted)")
     user.add_argument("--replace", action="store_true", help="reset the password of an existing user")
+    user.add_argument("--operator", action="store_true",
+                      help="an operator: sees every order, refunds (with --replace: promote)")
     sim = sub.add_parser("simulator", help="run the WeChat Pay simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8899)
@@ -201,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "create-user":
             password = args.password or getpass.getpass(f"password for {args.name}: ")
             with mongo_url_for(settings) as (url, _):
-                created = asyncio.run(add_user(settings, url, args.name, password, args.replace))
-            print(f"user {args.name} {'created' if created else 'password replaced'}")
+                created = asyncio.run(add_user(settings, url, args.name, password, args.replace, args.operator))
+            role = " (operator)" if args.operator else ""
+            print(f"user {args.name}{role} {'created' if created else 'password replaced'}")
         elif args.command == "simulator":
             asyncio.run(run_simulator(settings, args.host, args.port))
     except (StartupError, settings_mod.ConfigError) as exc:  # keys and certificates are read at start-up

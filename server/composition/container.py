@@ -15,16 +15,19 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from server.accounts.login_throttle import LoginLimits, LoginThrottle
+from server.accounts.users import Roles
 from server.composition import demo
 from server.composition.gateways import Gateway, build_gateway
 from server.domain.orders import Orders
 from server.domain.payments import Payments
+from server.domain.refunds import Refunds
 from server.domain.timeouts import Timeouts
 from server.infra import store as store_mod
 from server.infra.bus import Bus
 from server.infra.embedded_mongo import EmbeddedMongo
 from server.infra.metrics import Metrics
 from server.infra.probes import Probes
+from server.infra.refund_queues import RefundQueues
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
 from server.lifecycle import InFlight
@@ -34,7 +37,7 @@ from server.push.routes import PushRoutes, ws_base
 from server.push.tokens import PushTokens
 from server.simulator.app import Simulator
 from settings import Settings
-from workers import active_query, order_timeout, outbox, paynotify_bridge, sweeper
+from workers import active_query, order_timeout, outbox, paynotify_bridge, refund_check, sweeper
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class Services:
     hub: PushHub
     timeout_queues: TimeoutQueues
     timeouts: Timeouts
+    refunds: Refunds
+    refund_queues: RefundQueues
     simulator: Simulator | None
     metrics: Metrics = field(default_factory=Metrics)
     embedded_mongo: EmbeddedMongo | None = None  # the one this process uses, when MONGO_URL is empty
@@ -64,7 +69,9 @@ class Services:
     requests: InFlight = field(default_factory=lambda: InFlight("requests"))
     passes: InFlight = field(default_factory=lambda: InFlight("worker passes"))
     deadline_messages: InFlight = field(default_factory=lambda: InFlight("timeout messages"))
+    refund_messages: InFlight = field(default_factory=lambda: InFlight("refund check messages"))
     timeout_stats: Counter[str] = field(default_factory=Counter)
+    refund_stats: Counter[str] = field(default_factory=Counter)
     gateway: Gateway | None = None  # which WeChat Pay API, and what it needs running
     # Set at shutdown: workers start no new pass, the timeout consumer takes no new message.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,6 +80,7 @@ class Services:
     _background: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
+        self.roles = Roles(self.store)
         self._wire_hooks()
         self._expose_metrics()
         self.probes = Probes(self.store, self.bus, self.metrics, self.embedded_mongo, self.events.backlog)
@@ -94,6 +102,8 @@ class Services:
                        lambda: self.timeouts.outcomes)
         m.counter_from("paypush_timeout_messages", "Timeout queue messages", "kind",
                        lambda: dict(self.timeout_stats))
+        m.counter_from("paypush_refund_checks", "Refund check messages by outcome", "outcome",
+                       lambda: dict(self.refund_stats))
         m.counter_from("paypush_logins", "Login attempts by outcome (ok, failed, refused, busy)", "outcome",
                        lambda: dict(self.login_throttle.outcomes))
 
@@ -111,14 +121,16 @@ class Services:
         self.metrics.watch_gc()
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
         await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats, self.deadline_messages)
+        await refund_check.start(self.refunds, self.refund_queues, self.refund_stats, self.refund_messages)
         cfg = self.settings
         active = active_query.ActiveQuery(self.hub, self.orders, self.payments, cfg.active_query_after_seconds)
         loop = asyncio.get_running_loop()
         stop = self.stopping
         self._workers += [
             loop.create_task(outbox.run(self.events, stop, self.passes), name="outbox"),
-            loop.create_task(sweeper.run(self.orders, self.timeouts, cfg.sweep_interval_seconds,
-                                         cfg.sweep_grace_seconds, stop, self.passes), name="sweeper"),
+            loop.create_task(sweeper.run(self.orders, self.timeouts, self.refunds, cfg.sweep_interval_seconds,
+                                         cfg.sweep_grace_seconds, 2 * max(cfg.refund_check_delays), stop,
+                                         self.passes), name="sweeper"),
             loop.create_task(active_query.run(active, stop, self.passes), name="active-query"),
         ]
         self._keep_alive = loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive")
@@ -133,6 +145,7 @@ class Services:
         between the signal and this."""
         self.stopping.set()
         self.timeout_queues.stop_taking()
+        self.refund_queues.accepting = False
 
 
     async def finish_in_flight(self, within: float) -> int:
@@ -142,8 +155,9 @@ class Services:
         were still running when the time was up."""
         self.stop_taking_work()
         deadline = time.monotonic() + within
-        await self.timeout_queues.stop_consuming(within=min(1.0, within))
-        work = (self.requests, self.deadline_messages, self.passes)
+        await asyncio.gather(self.timeout_queues.stop_consuming(within=min(1.0, within)),
+                             self.refund_queues.stop_consuming(within=min(1.0, within)))
+        work = (self.requests, self.deadline_messages, self.refund_messages, self.passes)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(w.idle() for w in work)),
                                    max(0.0, deadline - time.monotonic()))
@@ -199,13 +213,15 @@ async def open_services(settings: Settings, mongo_url: str,
     timeout_queues = await TimeoutQueues.declare(bus, settings.order_timeout_seconds,
                                                  settings.timeout_retry_delays, settings.deployment,
                                                  await store_mod.deployment_id(store))
+    refund_queues = await RefundQueues.declare(bus, settings.refund_check_delays, settings.deployment)
     tokens = PushTokens(settings.cookie_secret)
     events = OrderEvents(store, bus, tokens)
     orders = Orders(store, settings.order_timeout_seconds, events, timeout_queues,
                     max_unpaid_per_user=settings.max_unpaid_orders_per_user)
     push = PushRoutes(ws_base(settings.public_url), settings.stomp_url, settings.amqp_vhost,
                       settings.stomp_login, settings.stomp_passcode, tokens)
-    payments = Payments(orders, gateway, settings.notify_url, push)
+    refunds = Refunds(orders, gateway, settings.refund_notify_url, refund_queues)
+    payments = Payments(orders, gateway, settings.notify_url, push, refunds)
     simulator = None
     if settings.sandbox:
         simulator = Simulator.create(http, appid=settings.wxpay_appid, mch_id=settings.wxpay_mch_id,
@@ -215,6 +231,6 @@ async def open_services(settings: Settings, mongo_url: str,
         await demo.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
                     PushHub(settings.max_sockets_per_user), timeout_queues,
-                    Timeouts(orders, payments, gateway), simulator,
+                    Timeouts(orders, payments, gateway), refunds, refund_queues, simulator,
                     login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)),
                     embedded_mongo=embedded_mongo, gateway=built)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import tornado.httputil
 import tornado.web
 
-from handlers import api, health, notify, pages, ws
+from handlers import admin, api, health, notify, pages, ws
 from server.accounts.login_throttle import Logins
 from server.composition.container import Services
 from server.domain.catalog import Catalog
@@ -87,7 +87,9 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         logins=Logins(services.login_throttle, services.store), sandbox=settings.sandbox,
         push_route=settings.push_route, csp=pages.page_csp(settings.public_url, settings.stomp_url),
         secure_cookies=settings.public_url.startswith("https://"))}
+    is_operator = services.roles.is_operator
     orders = {"requests": requests, "orders": services.orders}
+    operators = {"requests": requests, "is_operator": is_operator}
     notifies = {"requests": requests, "payments": services.payments,
                 "count": lambda outcome: services.metrics.notifies.labels(outcome).inc()}
     probes = {"requests": requests, "probes": services.probes}
@@ -104,11 +106,17 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         tornado.web.url(r"/payfail\.html", pages.FailPage, page, name="payfail"),
         tornado.web.url(r"/api/skus", api.SkusHandler, {"requests": requests, "catalog": catalog}),
         tornado.web.url(r"/api/orders", api.OrdersHandler, orders),
-        tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, orders),
+        tornado.web.url(r"/api/orders/([^/]{1,64})", api.OrderHandler, {**orders, "is_operator": is_operator}),
+        tornado.web.url(r"/api/orders/([^/]{1,64})/refunds", admin.RefundsHandler,
+                        {**operators, "refunds": services.refunds}),
+        tornado.web.url(r"/api/admin/orders", admin.AdminOrdersHandler, {**operators, "orders": services.orders}),
+        tornado.web.url(r"/admin", admin.AdminPage, {**page, "is_operator": is_operator}, name="admin"),
         tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler,
                         {"requests": requests, "payments": services.payments}),
         tornado.web.url(r"/wxpay/notify", notify.NotifyHandler,
                         {**notifies, "reader": services.gateway.v2_notices if services.gateway else None}),
+        tornado.web.url(r"/wxpay/refund_notify", notify.RefundNotifyHandler,
+                        {"requests": requests, "refunds": services.refunds, "count": notifies["count"]}),
         tornado.web.url(r"/wxpay/v3/notify", notify.V3NotifyHandler, notifies),
         tornado.web.url(r"/ws/pay", ws.PaySocket, socket),
         tornado.web.url(r"/vendor/stompjs/(stomp\.umd\.min\.js)", tornado.web.StaticFileHandler,

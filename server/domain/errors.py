@@ -21,6 +21,10 @@ class NotFound(DomainError):
     """No such thing, or not the caller's to see (the two look the same)."""
 
 
+class Forbidden(DomainError):
+    """The caller is known but not allowed to do this (a shopper on an operator's page)."""
+
+
 class Conflict(DomainError):
     """Not possible in the current state (out of stock, not payable any more)."""
 

@@ -1,8 +1,9 @@
 """Orders: the order model, its validation, creation with its stock holds
 (server/domain/stock.py), reads, and its state transitions.
 
-State machine (``status``): reserving -> unpaid -> paid | closed, and
-reserving -> rejected when stock is short. Every transition is one conditional
+State machine (``status``): reserving -> unpaid -> paid | closed, paid ->
+refunded once successful refunds cover the whole amount (server/domain/refunds.py),
+and reserving -> rejected when stock is short. Every transition is one conditional
 single-document update that also writes the order's log entry and marks its
 event pending (the outbox); every other side effect runs only for the caller
 that won it, through one method (``_transitioned``), and is idempotent, so it
@@ -16,7 +17,7 @@ import secrets
 import time
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import DESCENDING, ReturnDocument
 from pymongo.errors import PyMongoError
 
 from server.domain.errors import Conflict, LimitReached, NotFound
@@ -31,8 +32,10 @@ from server.push.events import ROOM_WAIT, OrderEvents, outbox_fields
 log = logging.getLogger(__name__)
 
 RESERVING, UNPAID, PAID, CLOSED, REJECTED = "reserving", "unpaid", "paid", "closed", "rejected"
+REFUNDED = "refunded"  # paid, and given back in full
 COMPENSATED = "compensated"  # the transition closed -> paid (the status is then paid)
-VISIBLE = (UNPAID, PAID, CLOSED)
+VISIBLE = (UNPAID, PAID, CLOSED, REFUNDED)
+PAID_FOR = (PAID, REFUNDED)  # WeChat took the money (some or all may be back)
 
 
 class OutOfStock(Conflict):
@@ -155,11 +158,39 @@ class Orders:
         return await self.store.orders.find_one(
             {"_id": order_id, "status": {"$in": list(VISIBLE)}}, projection={"_id": 1}) is not None
 
-    async def get_owned(self, user: str, order_id: str) -> dict[str, Any]:
-        """The user's own order in a visible state; anyone else's looks absent."""
+    async def get_owned(self, user: str, order_id: str, *, any_owner: bool = False) -> dict[str, Any]:
+        """The user's own order in a visible state; anyone else's looks absent
+        (``any_owner``: an operator's look, at everyone's orders)."""
         order = await self.get(order_id) if isinstance(order_id, str) and len(order_id) <= 32 else None
-        if order is None or order["user"] != user or order["status"] not in VISIBLE:
+        if order is None or (order["user"] != user and not any_owner) or order["status"] not in VISIBLE:
             raise OrderNotFound()
+        return order
+
+    async def search(self, status: str | None = None, query: str | None = None, before: tuple[float, str] | None = None,
+                     limit: int = 50) -> list[dict[str, Any]]:
+        """Orders for an operator, newest first: by status, by order id or
+        WeChat transaction id (exact), from before a (created_at, id) cursor."""
+        condition: dict[str, Any] = {"status": status if status in VISIBLE else {"$in": list(VISIBLE)}}
+        if query:
+            condition["$or"] = [{"_id": query}, {"transaction_id": query}]
+        if before is not None:
+            at, order_id = before
+            condition = {"$and": [condition, {"$or": [{"created_at": {"$lt": at}},
+                                                      {"created_at": at, "_id": {"$lt": order_id}}]}]}
+        return await self.store.orders.find(condition).sort(
+            [("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit).to_list(limit)
+
+    async def mark_refunded(self, order_id: str, pay_money: int) -> dict[str, Any] | None:
+        """paid -> refunded, once successful refunds add up to the whole amount
+        (the condition says so, so a partial refund can never win it)."""
+        order = await self.store.orders.find_one_and_update(
+            {"_id": order_id, "status": PAID, "pay_money": pay_money, "refunded": pay_money},
+            {"$set": {"status": REFUNDED, "refunded_at": time.time(), **outbox_fields(REFUNDED),
+                      **log_entry(REFUNDED, "system", f"{pay_money} fen given back in full")}},
+            return_document=ReturnDocument.AFTER)
+        if order is not None:
+            log.info("order %s refunded in full", order_id)
+            await self._transitioned(order, REFUNDED)
         return order
 
     async def add_log(self, order_id: str, kind: str, who: str, remarks: str = "") -> bool:

@@ -16,8 +16,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from server.domain.errors import Conflict, UpstreamUnavailable
-from server.domain.orders import CLOSED, PAID, UNPAID, Orders
+from server.domain.orders import CLOSED, PAID_FOR, UNPAID, Orders
+from server.domain.refunds import Refunds
 from server.gateway.abc import NativeOrder, Payment, PaymentGateway
 from server.gateway.errors import GatewayError, NotifyRejected, TradeAlreadyPaid, TradeClosed
 from server.push.routes import PushRoutes
@@ -41,11 +44,13 @@ class PaymentNotRecorded(Exception):
 
 
 class Payments:
-    def __init__(self, orders: Orders, gateway: PaymentGateway, notify_url: str, push: PushRoutes):
+    def __init__(self, orders: Orders, gateway: PaymentGateway, notify_url: str, push: PushRoutes,
+                 refunds: Refunds):
         self.orders = orders
         self.gateway = gateway
         self.notify_url = notify_url
         self.push = push
+        self.refunds = refunds
 
     async def create_native(self, user: str, order_id: str, client_ip: str) -> dict[str, Any]:
         """The QR for the user's own unpaid order (WeChat's code_url reused while valid)."""
@@ -97,7 +102,7 @@ class Payments:
         except PaymentNotRecorded as exc:
             log.warning("order query for %s: %s; not recorded", payment.out_trade_no, exc)
             return False
-        return order["status"] == PAID
+        return order["status"] in PAID_FOR
 
     async def handle_notify(self, body: bytes, headers: Mapping[str, str] | None = None,
                             reader: PaymentGateway | None = None) -> str:
@@ -105,6 +110,9 @@ class Payments:
         orders are placed through). Returns the order id; raises NotifyRejected."""
         notice = (reader or self.gateway).read_notify(body, headers or {})
         order_id = notice.out_trade_no
+        if notice.refund is not None:  # API v3 sends refund notifies to the same URL
+            await self.refunds.record_notified(notice.refund)
+            return order_id
         if notice.payment is None:
             # A failed payment attempt: nothing to record but the fact.
             if not await self.orders.exists(order_id):
@@ -131,7 +139,7 @@ class Payments:
                                                  total_fee=payment.total_fee)
         if won and order is not None:
             return order
-        if order is None or order["status"] not in (UNPAID, PAID, CLOSED):
+        if order is None or order["status"] not in (UNPAID, *PAID_FOR, CLOSED):
             raise PaymentNotRecorded(f"unknown order {order_id!r}")
         if payment.total_fee != int(order["pay_money"]):
             raise PaymentNotRecorded(f"total_fee {payment.total_fee} is not the order's {order['pay_money']}")
@@ -140,13 +148,22 @@ class Payments:
             order = await self.orders.mark_paid_after_close(order_id, transaction_id, payment.paid_at)
         elif order["status"] == UNPAID:  # lost a race with a transition that then failed
             _, order = await self.orders.mark_paid(order_id, transaction_id, payment.paid_at, remarks)
-        if order is None or order["status"] != PAID:
+        if order is None or order["status"] not in PAID_FOR:
             raise PaymentNotRecorded(f"order {order_id} is {order and order['status']}")
-        # Paid twice at WeChat: keep the first, flag the second for a refund.
-        if order.get("transaction_id") != transaction_id and await self.orders.add_log(
-                order_id, "duplicate_payment", "system", transaction_id):
-            log.warning("order %s paid twice: %s and %s; refund the second",
-                        order_id, order.get("transaction_id"), transaction_id)
+        if order.get("transaction_id") != transaction_id:
+            # Paid twice at WeChat: the first payment is the sale, the second
+            # goes back. Before the notify is answered, so a crash here gets
+            # the notify again; a repeat finds the refund already under way.
+            await self.orders.add_log(order_id, f"duplicate_payment_{transaction_id}", "system",
+                                      f"{transaction_id}: {payment.total_fee} fen")
+            try:
+                await self.refunds.refund_duplicate(order_id, transaction_id, payment.total_fee)
+            except PyMongoError:
+                raise  # not recorded: the notify is refused, and WeChat sends it again
+            except Exception:
+                # Recorded as processing: its check asks WeChat again. The
+                # payment itself is booked, so the notify is answered.
+                log.exception("order %s: refund of the second payment %s not sent yet", order_id, transaction_id)
         return order
 
 

@@ -63,6 +63,8 @@ async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("user", ASCENDING), ("status", ASCENDING)])
     # One entry per (order, kind): what makes every side effect's log idempotent.
     await store.orders.create_index([("pending_event", ASCENDING)], sparse=True)
+    await store.orders.create_index([("refunds_open", ASCENDING)], sparse=True)  # the refund backstop
+    await store.orders.create_index([("transaction_id", ASCENDING)], sparse=True)  # operators' search
 
 
 async def deployment_id(store: Store) -> str:

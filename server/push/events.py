@@ -36,6 +36,7 @@ CLAIM_SECONDS = 10.0
 # failed publish: the look is a query over the orders, which a busy store
 # should not get every second.
 IDLE_DRAIN_SECONDS = 30.0
+TRANSITIONS = ("paid", "closed", "refunded")  # each stamps ``<transition>_at`` on the order
 TRANSITION_AT = "x-paypush-transition-at"  # header: when the order changed, for push latency
 PUBLISH_GRACE = 5.0
 # Events waiting to be published by this process; past that the outbox keeps
@@ -54,13 +55,13 @@ def event_for(order: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
     ``type`` is the transition (paid, closed) or, for a plain state report, status.
     """
     if kind is None:
-        kind = order["status"] if order["status"] in ("paid", "closed") else "status"
+        kind = order["status"] if order["status"] in TRANSITIONS else "status"
     return {"type": kind, "order_id": order["_id"], "status": order["status"],
             "total_fee": int(order["pay_money"])}
 
 
 def transition_time(order: dict[str, Any], kind: str) -> float:
-    at = order.get("paid_at") if kind == "paid" else order.get("closed_at")
+    at = order.get(f"{kind}_at") if kind in TRANSITIONS else None
     return float(at or time.time())
 
 

@@ -5,8 +5,8 @@ window.paypush = {
     const meta = document.querySelector('meta[name="xsrf-token"]');
     return meta ? meta.content : "";
   },
-  async call(method, url, body) {
-    const init = { method, headers: { "Accept": "application/json" }, credentials: "same-origin" };
+  async call(method, url, body, headers) {
+    const init = { method, headers: { "Accept": "application/json", ...(headers || {}) }, credentials: "same-origin" };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.headers["X-XSRFToken"] = this.xsrf();

@@ -35,6 +35,11 @@
       leave("/paysuccess.html?money=" + encodeURIComponent(root.dataset.money));
     } else if (status === "closed") {
       leave("/payfail.html");
+    } else if (status === "refunded") {
+      finished = true;
+      stopPolling();
+      stopConnecting();
+      stateText.textContent = "This order was paid and has been refunded in full.";
     }
   }
 

@@ -1,0 +1,367 @@
+"""Refunds: giving back money WeChat took, in part or in full.
+
+Each refund lives in its order (``refunds.<out_refund_no>``) and moves
+processing -> success | closed | abnormal by one conditional update of the
+order per transition. Its amount is reserved on the order (``refund_reserved``)
+by the same update that creates it, before WeChat is asked, so refunds in
+flight can never add up to more than was paid; a refund that ends closed gives
+its reservation back. An abnormal one keeps it: WeChat could not pay the
+shopper back (a closed bank card) and a person settles it in WeChat's merchant
+platform, so the money must not be offered for a second refund meanwhile.
+
+A refund of a second payment for the same order (the shopper paid twice) draws
+on that transaction, not on the order: it is reserved per transaction
+(``duplicate_refunds.<transaction_id>``), at most one each.
+
+WeChat's answer to the refund call, a refund query and a refund notify all go
+through ``record``: one path, and a repeat of any of them changes nothing.
+A refund is never lost: a check is scheduled on a delay queue before WeChat is
+asked, and looks again (asking again with the same out_refund_no when WeChat
+never got it) until the refund is final.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pymongo import ReturnDocument
+
+from server.domain.errors import Conflict, InvalidRequest
+from server.domain.orders import PAID, PAID_FOR, OrderNotFound, Orders, log_entry
+from server.gateway.abc import (
+    REFUND_ABNORMAL,
+    REFUND_CLOSED,
+    REFUND_FINAL,
+    REFUND_PROCESSING,
+    REFUND_SUCCESS,
+    PaymentGateway,
+    RefundRequest,
+    RefundState,
+)
+from server.gateway.errors import GatewayError, NotifyRejected, RefundNotFound, RefundRefused
+
+log = logging.getLogger(__name__)
+
+MAX_REASON = 80  # WeChat's refund_desc / reason: 80 characters
+MAX_KEY = 200  # an Idempotency-Key header longer than this is not a key but a payload
+
+
+class BadRefund(InvalidRequest):
+    pass
+
+
+class NotRefundable(Conflict):
+    pass
+
+
+class RefundRefusedByWeChat(Conflict):
+    pass
+
+
+class RefundChecks(Protocol):
+    """Where "look at this refund again later" goes (a delay queue)."""
+
+    async def schedule(self, order_id: str, out_refund_no: str, attempt: int) -> None: ...
+
+
+class Check(enum.Enum):
+    FINAL = "final"  # nothing more to do
+    AGAIN = "again"  # still processing, or WeChat could not be asked: look again later
+
+
+def new_refund_no() -> str:
+    """``out_refund_no``: unique, unguessable, dated for a person reading the bill (<= 64 chars)."""
+    return "RF" + time.strftime("%Y%m%d", time.gmtime()) + secrets.token_hex(12)
+
+
+def key_slot(idempotency_key: str) -> str:
+    """The key as a field name: any text the client sends, hashed to hex."""
+    return hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:32]
+
+
+def parse_amount(value: object) -> int:
+    # bool is an int in Python; "1" and 1.0 are not amounts in fen.
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise BadRefund("amount must be a positive integer number of fen")
+    return value
+
+
+def parse_reason(value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRefund("reason must be text")
+    reason = value.strip()
+    if len(reason) > MAX_REASON:
+        raise BadRefund(f"reason: at most {MAX_REASON} characters")
+    return reason
+
+
+def refunds_of(order: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The order's refunds, oldest first, each with its ``out_refund_no``."""
+    entries = [{"out_refund_no": no, **r} for no, r in (order.get("refunds") or {}).items()]
+    return sorted(entries, key=lambda r: r["created_at"])
+
+
+def refundable(order: Mapping[str, Any]) -> int:
+    """What may still be asked back: paid, less every refund not closed."""
+    return int(order["pay_money"]) - int(order.get("refund_reserved", 0))
+
+
+class Refunds:
+    def __init__(self, orders: Orders, gateway: PaymentGateway, notify_url: str,
+                 checks: RefundChecks | None = None):
+        self.orders = orders
+        self.store = orders.store
+        self.gateway = gateway
+        self.notify_url = notify_url
+        self.checks = checks
+
+    # -- asking ----------------------------------------------------------------
+
+    async def request(self, order_id: str, amount: int, reason: str, who: str,
+                      idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """An operator's refund of part or all of a paid order. Returns the
+        refund and whether this call made it (False: the key's earlier refund)."""
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
+            raise BadRefund(f"Idempotency-Key: 1 to {MAX_KEY} characters")
+        order = await self.orders.get_owned(who, order_id, any_owner=True)
+        slot = key_slot(idempotency_key) if idempotency_key is not None else None
+        if slot is not None and slot in (order.get("refund_keys") or {}):
+            return self._refund_view(order, order["refund_keys"][slot]), False
+        if order["status"] not in PAID_FOR:
+            raise NotRefundable(f"order is {order['status']}: only a paid order can be refunded")
+        pay_money = int(order["pay_money"])
+        if amount > refundable(order):
+            raise NotRefundable(f"{amount} fen is more than the {refundable(order)} fen still refundable")
+        no = new_refund_no()
+        condition: dict[str, Any] = {
+            "_id": order_id, "status": PAID, "pay_money": pay_money,
+            # Refunds not closed, this one included, stay within what was paid.
+            "$or": [{"refund_reserved": {"$exists": False}},
+                    {"refund_reserved": {"$lte": pay_money - amount}}]}
+        fields: dict[str, Any] = {
+            f"refunds.{no}": self._new_refund(amount, reason, who),
+            **log_entry(f"refund_{no}", who, f"{amount} fen asked back: {reason}" if reason
+                        else f"{amount} fen asked back")}
+        if slot is not None:
+            condition[f"refund_keys.{slot}"] = {"$exists": False}
+            fields[f"refund_keys.{slot}"] = no
+        reserved = await self.store.orders.find_one_and_update(
+            condition, {"$set": fields, "$inc": {"refund_reserved": amount, "refunds_open": 1}},
+            return_document=ReturnDocument.AFTER)
+        if reserved is None:
+            # Lost a race: another refund took the money, or the same key made it first.
+            order = await self.orders.get_owned(who, order_id, any_owner=True)
+            if slot is not None and slot in (order.get("refund_keys") or {}):
+                return self._refund_view(order, order["refund_keys"][slot]), False
+            if order["status"] not in PAID_FOR:
+                raise NotRefundable(f"order is {order['status']}: only a paid order can be refunded")
+            raise NotRefundable(f"{amount} fen is more than the {refundable(order)} fen still refundable")
+        log.info("refund %s of %d fen for order %s asked by %s", no, amount, order_id, who)
+        final = await self._submit(reserved, no)
+        return self._refund_view(final or reserved, no), True
+
+    async def refund_duplicate(self, order_id: str, transaction_id: str, amount: int) -> dict[str, Any] | None:
+        """The second payment of an already paid order goes back in full: at
+        most one refund per transaction, however often its notify comes."""
+        no = new_refund_no()
+        reserved = await self.store.orders.find_one_and_update(
+            {"_id": order_id, f"duplicate_refunds.{transaction_id}": {"$exists": False}},
+            {"$set": {f"duplicate_refunds.{transaction_id}": no,
+                      f"refunds.{no}": {**self._new_refund(amount, "duplicate payment", "system"),
+                                        "transaction_id": transaction_id, "duplicate": True},
+                      **log_entry(f"refund_{no}", "system",
+                                  f"second payment {transaction_id} of {amount} fen given back")},
+             "$inc": {"refunds_open": 1}},
+            return_document=ReturnDocument.AFTER)
+        if reserved is None:
+            return None  # already being given back
+        log.warning("order %s paid twice: refund %s gives back %s (%d fen)", order_id, no, transaction_id, amount)
+        return await self._submit(reserved, no)
+
+    @staticmethod
+    def _new_refund(amount: int, reason: str, who: str) -> dict[str, Any]:
+        return {"amount": amount, "status": REFUND_PROCESSING, "reason": reason, "who": who,
+                "created_at": time.time(), "success_time": None}
+
+    async def _submit(self, order: dict[str, Any], no: str) -> dict[str, Any] | None:
+        """Schedule the refund's check, then ask WeChat. Returns the order after
+        WeChat's answer was recorded (None when it could not be)."""
+        await self._schedule_check(order["_id"], no, 1)
+        refund = order["refunds"][no]
+        duplicate = bool(refund.get("duplicate"))
+        try:
+            state = await self.gateway.refund(self._request_for(order, no))
+        except RefundRefused as exc:
+            closed = await self._close_refused(order["_id"], no, refund, str(exc))
+            if not duplicate:
+                raise RefundRefusedByWeChat(f"WeChat Pay refused the refund: {exc.message or exc.code}") from None
+            return closed
+        except GatewayError as exc:
+            # Maybe made, maybe not: the check asks again with the same out_refund_no.
+            log.warning("refund %s for %s: WeChat Pay %s; the check will ask again", no, order["_id"], exc)
+            return None
+        return await self.record(state, found_by="refund call")
+
+    def _request_for(self, order: Mapping[str, Any], no: str) -> RefundRequest:
+        """The same request every time it is sent: WeChat keys it by out_refund_no."""
+        refund = order["refunds"][no]
+        amount = int(refund["amount"])
+        return RefundRequest(
+            out_trade_no=order["_id"], out_refund_no=no,
+            # A second payment's refund is of that transaction, whose total is its own amount.
+            total_fee=amount if refund.get("duplicate") else int(order["pay_money"]),
+            refund_fee=amount, reason=refund.get("reason", ""), notify_url=self.notify_url,
+            transaction_id=refund.get("transaction_id"))
+
+    async def _schedule_check(self, order_id: str, no: str, attempt: int) -> None:
+        if self.checks is None:
+            return
+        try:
+            await self.checks.schedule(order_id, no, attempt)
+        except Exception as exc:  # the broker: the sweeper's backstop still finds the refund
+            log.warning("refund %s: check not scheduled (%s); the sweeper will look", no, exc)
+
+    # -- recording ---------------------------------------------------------------
+
+    async def record(self, state: RefundState, found_by: str) -> dict[str, Any] | None:
+        """What WeChat says of a refund, from its reply, a query or a notify.
+        Returns the order after it (None: not a refund of ours)."""
+        order = await self.orders.get(state.out_trade_no)
+        refund = ((order or {}).get("refunds") or {}).get(state.out_refund_no)
+        if order is None or refund is None:
+            log.warning("refund %s for %s (%s) is not one of ours", state.out_refund_no, state.out_trade_no,
+                        found_by)
+            return None
+        if int(refund["amount"]) != state.amount:
+            log.error("refund %s: WeChat says %d fen, we asked %d; not recorded", state.out_refund_no,
+                      state.amount, refund["amount"])
+            return None
+        if state.refund_id and not refund.get("refund_id"):
+            await self.store.orders.update_one({"_id": order["_id"]},
+                                               {"$set": {f"refunds.{state.out_refund_no}.refund_id": state.refund_id}})
+        if state.status not in REFUND_FINAL or refund["status"] != REFUND_PROCESSING:
+            return order  # nothing new (still processing, or a repeat of the final word)
+        return await self._finish(order, state, found_by)
+
+    async def _finish(self, order: dict[str, Any], state: RefundState, found_by: str) -> dict[str, Any] | None:
+        no, amount = state.out_refund_no, state.amount
+        duplicate = bool(order["refunds"][no].get("duplicate"))
+        inc: dict[str, int] = {"refunds_open": -1}
+        if not duplicate and state.status == REFUND_SUCCESS:
+            inc["refunded"] = amount
+        if not duplicate and state.status == REFUND_CLOSED:
+            inc["refund_reserved"] = -amount  # the money is the order's to refund again
+        done = await self.store.orders.find_one_and_update(
+            {"_id": order["_id"], f"refunds.{no}.status": REFUND_PROCESSING, f"refunds.{no}.amount": amount},
+            {"$set": {f"refunds.{no}.status": state.status, f"refunds.{no}.success_time": state.success_time,
+                      f"refunds.{no}.refund_id": state.refund_id or None,
+                      **log_entry(f"refund_{state.status}_{no}", "system", f"{amount} fen, found by {found_by}")},
+             "$inc": inc},
+            return_document=ReturnDocument.AFTER)
+        if done is None:
+            return await self.orders.get(order["_id"])  # another path recorded it first
+        if state.status == REFUND_ABNORMAL:
+            log.error("refund %s for %s is ABNORMAL at WeChat: the shopper was not paid back; settle it in "
+                      "the merchant platform", no, order["_id"])
+        else:
+            log.info("refund %s for %s: %s (%s)", no, order["_id"], state.status, found_by)
+        if (not duplicate and state.status == REFUND_SUCCESS and done["status"] == PAID
+                and int(done.get("refunded", 0)) == int(done["pay_money"])):
+            return await self.orders.mark_refunded(done["_id"], int(done["pay_money"])) or done
+        return done
+
+    async def _close_refused(self, order_id: str, no: str, refund: Mapping[str, Any],
+                             why: str) -> dict[str, Any] | None:
+        """WeChat said no outright: the refund is closed and its money reserved no more."""
+        log.warning("refund %s for %s refused by WeChat Pay: %s", no, order_id, why)
+        order = await self.orders.get(order_id)
+        if order is None:
+            return None
+        return await self._finish(order, RefundState(no, order_id, "", int(refund["amount"]), REFUND_CLOSED),
+                                  f"WeChat's refusal ({why[:100]})")
+
+    # -- notifies and checks -----------------------------------------------------------
+
+    async def handle_notify(self, body: bytes, headers: Mapping[str, str]) -> str:
+        """A refund notify (API v2's own URL). Returns the out_refund_no; raises NotifyRejected."""
+        state = self.gateway.read_refund_notify(body, headers)
+        return await self.record_notified(state)
+
+    async def record_notified(self, state: RefundState) -> str:
+        if await self.record(state, found_by="refund notify") is None:
+            raise NotifyRejected(f"refund {state.out_refund_no[:64]!r} is not one we asked for")
+        return state.out_refund_no
+
+    async def check(self, order_id: str, no: str) -> Check:
+        """Ask WeChat where the refund stands (sending it again if WeChat never
+        got it) and record the answer."""
+        order = await self.orders.get(order_id)
+        refund = ((order or {}).get("refunds") or {}).get(no)
+        if order is None or refund is None:
+            log.warning("refund check for unknown refund %s of %s dropped", no[:64], order_id[:64])
+            return Check.FINAL
+        if refund["status"] != REFUND_PROCESSING:
+            return Check.FINAL
+        await self.store.orders.update_one({"_id": order_id}, {"$set": {f"refunds.{no}.checked_at": time.time()}})
+        try:
+            state = await self.gateway.query_refund(no)
+        except RefundNotFound:
+            # Our request never reached WeChat (a crash, or a failed call it did
+            # not record): ask again with the same out_refund_no, which cannot
+            # make a second refund.
+            log.info("refund %s for %s unknown to WeChat: asking again", no, order_id)
+            try:
+                await self._resubmit(order, no)
+            except RefundRefusedByWeChat:
+                return Check.FINAL
+            order = await self.orders.get(order_id)
+            return Check.FINAL if order and order["refunds"][no]["status"] != REFUND_PROCESSING else Check.AGAIN
+        except GatewayError as exc:
+            log.warning("refund check %s: WeChat Pay %s; will look again", no, exc)
+            return Check.AGAIN
+        after = await self.record(state, found_by="refund query")
+        if after is None:
+            return Check.FINAL
+        return Check.FINAL if after["refunds"][no]["status"] != REFUND_PROCESSING else Check.AGAIN
+
+    async def _resubmit(self, order: dict[str, Any], no: str) -> None:
+        try:
+            state = await self.gateway.refund(self._request_for(order, no))
+        except RefundRefused as exc:
+            await self._close_refused(order["_id"], no, order["refunds"][no], str(exc))
+            raise RefundRefusedByWeChat(str(exc)) from None
+        except GatewayError as exc:
+            log.warning("refund %s asked again: WeChat Pay %s", no, exc)
+            return
+        await self.record(state, found_by="refund asked again")
+
+    async def stale(self, older_than: float, limit: int = 50) -> list[tuple[str, str]]:
+        """Refunds processing whose last check is older than ``older_than``
+        seconds: the backstop for a check message that was never published."""
+        now = time.time()
+        found: list[tuple[str, str]] = []
+        async for order in self.store.orders.find({"refunds_open": {"$gt": 0}},
+                                                  projection={"refunds": 1}).limit(limit):
+            for no, refund in (order.get("refunds") or {}).items():
+                last = refund.get("checked_at") or refund["created_at"]
+                if refund["status"] == REFUND_PROCESSING and now - last > older_than:
+                    found.append((order["_id"], no))
+        return found
+
+    # -- views ------------------------------------------------------------------------
+
+    @staticmethod
+    def _refund_view(order: Mapping[str, Any], no: str) -> dict[str, Any]:
+        return next(r for r in refunds_of(order) if r["out_refund_no"] == no)
+
+
+__all__ = ["BadRefund", "Check", "NotRefundable", "OrderNotFound", "RefundChecks", "RefundRefusedByWeChat",
+           "Refunds", "parse_amount", "parse_reason", "refundable", "refunds_of"]

@@ -1,0 +1,139 @@
+// Operator console: the order list (filter, search, pages), one order's
+// timeline and refunds, and the refund form. Refunds still processing are
+// looked at again every two seconds until WeChat's answer is in.
+"use strict";
+(() => {
+  const api = window.paypush;
+  const $ = (id) => document.getElementById(id);
+  const rows = $("orders").querySelector("tbody");
+  let cursor = null;
+  let current = null;
+  let refreshTimer = null;
+
+  function cell(tr, text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text == null ? "" : String(text);
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function showError(el, err) {
+    el.textContent = err.message;
+    el.hidden = false;
+  }
+
+  async function loadOrders(append) {
+    const params = new URLSearchParams();
+    if ($("status").value) params.set("status", $("status").value);
+    if ($("q").value.trim()) params.set("q", $("q").value.trim());
+    if (append && cursor) params.set("cursor", cursor);
+    $("list-error").hidden = true;
+    try {
+      const page = await api.call("GET", "/api/admin/orders?" + params);
+      if (!append) rows.textContent = "";
+      for (const o of page.orders) {
+        const tr = document.createElement("tr");
+        tr.dataset.orderId = o.id;
+        const link = document.createElement("a");
+        link.href = "#" + o.id;
+        link.textContent = o.id;
+        link.addEventListener("click", (e) => { e.preventDefault(); openOrder(o.id); });
+        cell(tr, "").appendChild(link);
+        cell(tr, o.user);
+        cell(tr, o.status, "status");
+        cell(tr, api.yuan(o.pay_money), "num");
+        cell(tr, api.yuan(o.refunded), "num");
+        cell(tr, o.created_at);
+        rows.appendChild(tr);
+      }
+      cursor = page.next_cursor;
+      $("more").hidden = !cursor;
+    } catch (err) {
+      showError($("list-error"), err);
+    }
+  }
+
+  function renderOrder(o) {
+    $("detail").hidden = false;
+    $("d-id").textContent = o.id;
+    $("d-status").textContent = o.status;
+    $("d-paid").textContent = api.yuan(o.pay_money);
+    $("d-refunded").textContent = api.yuan(o.refunded);
+    $("d-txn").textContent = o.transaction_id || "-";
+    $("d-user").textContent = o.user || "";
+    const refunds = $("d-refunds").querySelector("tbody");
+    refunds.textContent = "";
+    for (const r of o.refunds) {
+      const tr = document.createElement("tr");
+      tr.dataset.refundNo = r.out_refund_no;
+      cell(tr, r.out_refund_no);
+      cell(tr, api.yuan(r.amount), "num");
+      cell(tr, r.status, "refund-status");
+      cell(tr, r.transaction_id ? `${r.reason} (${r.transaction_id})` : r.reason);
+      cell(tr, r.created_at);
+      cell(tr, r.success_time || "");
+      refunds.appendChild(tr);
+    }
+    const timeline = $("d-timeline");
+    timeline.textContent = "";
+    for (const e of o.logs) {
+      const li = document.createElement("li");
+      li.textContent = `${e.at} ${e.kind} (${e.who})${e.remarks ? ": " + e.remarks : ""}`;
+      timeline.appendChild(li);
+    }
+    $("refund-form").hidden = !(o.status === "paid");
+    clearTimeout(refreshTimer);
+    if (o.refunds.some((r) => r.status === "processing")) {
+      refreshTimer = setTimeout(() => openOrder(o.id), 2000);
+    }
+  }
+
+  async function openOrder(id) {
+    if (current !== id) $("refund-message").hidden = true;
+    current = id;
+    try {
+      renderOrder(await api.call("GET", "/api/orders/" + encodeURIComponent(id)));
+    } catch (err) {
+      showError($("list-error"), err);
+    }
+  }
+
+  function toFen(text) {
+    const m = /^(\d{1,9})(?:\.(\d{1,2}))?$/.exec(text.trim());
+    if (!m) return null;
+    return Number(m[1]) * 100 + Number((m[2] || "0").padEnd(2, "0"));
+  }
+
+  $("refund-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const msg = $("refund-message");
+    const amount = toFen($("refund-amount").value);
+    if (!amount) {
+      msg.textContent = "Amount: yuan, up to two decimals, more than zero.";
+      msg.hidden = false;
+      return;
+    }
+    // One key per submitted form: a double click or a retried request makes one refund.
+    const key = crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random();
+    $("refund-submit").disabled = true;
+    try {
+      const r = await api.call("POST", `/api/orders/${encodeURIComponent(current)}/refunds`,
+        { amount, reason: $("refund-reason").value }, { "Idempotency-Key": key });
+      msg.textContent = `Refund ${r.out_refund_no} of ¥${api.yuan(r.amount)}: ${r.status}`;
+      $("refund-amount").value = "";
+      $("refund-reason").value = "";
+    } catch (err) {
+      msg.textContent = "Refund refused: " + err.message;
+    } finally {
+      msg.hidden = false;
+      $("refund-submit").disabled = false;
+    }
+    openOrder(current);
+  });
+
+  $("filter").addEventListener("submit", (e) => { e.preventDefault(); cursor = null; loadOrders(false); });
+  $("more").addEventListener("click", () => loadOrders(true));
+  loadOrders(false);
+  if (location.hash.length > 1) openOrder(decodeURIComponent(location.hash.slice(1)));
+})();
