@@ -227,3 +227,31 @@ async def test_a_v3_merchant_configuration_starts_and_keeps_its_keys_out_of_the_
     assert "SANDBOX MODE" not in server.output and "/wxpay/v3/notify" in server.output
     assert merchant["WXPAY_APIV3_KEY"] not in server.output
     assert "PRIVATE KEY" not in server.output
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_create_user_operator_and_promotion_while_serving(env: dict[str, str]) -> None:
+    from tests.support.shopper import Shopper
+
+    made = paypush("create-user", "olive", "--password", "olive-pass-1", "--operator", env=env)
+    assert made.returncode == 0 and "user olive (operator) created" in made.stdout, made.stderr
+    made = paypush("create-user", "sam", "--password", "sam-pass-123", env=env)
+    assert made.returncode == 0, made.stderr
+    server = ServerProcess(env, port=int(env["PORT"])).start()
+    try:
+        olive = await Shopper.logged_in(server.base_url, "olive", "olive-pass-1")
+        sam = await Shopper.logged_in(server.base_url, "sam", "sam-pass-123")
+        assert (await olive.request("GET", "/api/admin/orders"))[0] == 200
+        assert (await sam.request("GET", "/api/admin/orders"))[0] == 403
+        promoted = paypush("create-user", "sam", "--password", "sam-pass-456", "--replace", "--operator", env=env)
+        assert promoted.returncode == 0 and "password replaced" in promoted.stdout, promoted.stderr
+        # At once, on the session sam already has: the role is read on each request.
+        assert (await sam.request("GET", "/api/admin/orders"))[0] == 200
+        # A password reset without --operator leaves an operator one.
+        kept = paypush("create-user", "olive", "--password", "olive-pass-2", "--replace", env=env)
+        assert kept.returncode == 0, kept.stderr
+        assert (await olive.request("GET", "/api/admin/orders"))[0] == 200
+        await olive.close()
+        await sam.close()
+    finally:
+        assert server.stop() == 0, server.output

@@ -1,0 +1,64 @@
+"""An operator in Chromium: a shopper's paid order found in the console by its
+transaction id, part of it refunded through the form, the refund's status
+going from processing to success on the page without a reload, and the
+order's timeline showing it. A shopper gets the console's refusal."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import log_in, order_and_open_pay_page, pay_with_simulator, screenshot
+from tests.support.processes import ROOT, ServerProcess
+
+
+def create_operator(server: ServerProcess, name: str, password: str) -> None:
+    made = subprocess.run([sys.executable, "-m", "server", "create-user", name, "--password", password,
+                           "--operator"], cwd=ROOT, env=server.env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and "(operator)" in made.stdout, made.stderr
+
+
+@pytest.mark.e2e
+def test_operator_finds_an_order_and_refunds_part_of_it(page: Page, server: ServerProcess) -> None:
+    log_in(page, server.base_url)
+    order_and_open_pay_page(page, server.base_url, "fan-silk")
+    order_id = page.url.split("orderId=")[1].split("&")[0]
+    pay_with_simulator(page)
+    expect(page).to_have_url(re.compile(r"/paysuccess\.html"), timeout=10000)
+    page.goto(server.base_url + "/admin")
+    expect(page.locator("#forbidden")).to_be_visible()  # the demo shopper is no operator
+
+    create_operator(server, "oscar", "oscar-pass-123")
+    page.context.clear_cookies()
+    page.goto(server.base_url + "/login?next=/admin")
+    page.fill("input[name=username]", "oscar")
+    page.fill("input[name=password]", "oscar-pass-123")
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Orders")
+    order = page.request.get(f"{server.base_url}/api/orders/{order_id}").json()
+    page.fill("#q", order["transaction_id"])
+    page.click("#search")
+    expect(page.locator("#orders tbody tr")).to_have_count(1)
+    page.click(f"#orders tbody tr[data-order-id='{order_id}'] a")
+    expect(page.locator("#d-status")).to_have_text("paid")
+
+    page.fill("#refund-amount", "1.50")
+    page.fill("#refund-reason", "one blade was bent")
+    page.click("#refund-submit")
+    expect(page.locator("#refund-message")).to_contain_text("¥1.50")
+    row = page.locator("#d-refunds tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator(".refund-status")).to_have_text("success", timeout=15000)
+    expect(page.locator("#d-refunded")).to_have_text("1.50")
+    expect(page.locator("#d-timeline")).to_contain_text("one blade was bent")
+    expect(page.locator("#d-timeline")).to_contain_text("refund_success_")
+    screenshot(page, "operator-console-refund")
+
+    page.fill("#refund-amount", "9999")
+    page.click("#refund-submit")
+    expect(page.locator("#refund-message")).to_contain_text("still refundable")
+    expect(page.locator("#d-refunds tbody tr")).to_have_count(1)
