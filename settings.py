@@ -284,11 +284,13 @@ class Settings:
         default_doc="generated into `VAR_DIR` in v3 sandbox mode", secret=True))
     wxpay_private_key_path: str = field(metadata=setting(
         "WXPAY_PRIVATE_KEY_PATH", text, None,
-        "the merchant API private key (`apiclient_key.pem`): v3 request signing",
+        "the merchant API private key (`apiclient_key.pem`): v3 request signing; v2 refunds' mutual TLS "
+        "(with `WXPAY_CERT_PATH`) over https",
         default_doc="generated into `VAR_DIR` in v3 sandbox mode"))
     wxpay_cert_path: str = field(metadata=setting(
         "WXPAY_CERT_PATH", text, None,
-        "the merchant API certificate (`apiclient_cert.pem`); when given, its serial must be `WXPAY_CERT_SERIAL`",
+        "the merchant API certificate (`apiclient_cert.pem`): v2 refunds' mutual TLS over https; v3: when "
+        "given, its serial must be `WXPAY_CERT_SERIAL`",
         default_doc="generated into `VAR_DIR` in v3 sandbox mode"))
     wxpay_cert_serial: str = field(metadata=setting(
         "WXPAY_CERT_SERIAL", name_like(re.compile(r"^[0-9A-Fa-f]{1,64}$"), "the certificate's serial number in hex"),
@@ -303,6 +305,10 @@ class Settings:
         "WXPAY_PUBLIC_KEY_ID", name_like(re.compile(r"^PUB_KEY_ID_[0-9A-Za-z_]{1,64}$"), "PUB_KEY_ID_ and its id"),
         None, "v3 public-key mode: the key's id (`PUB_KEY_ID_...`), the `Wechatpay-Serial` it signs with",
         default_doc="unset"))
+    wxpay_ca_path: str = field(metadata=setting(
+        "WXPAY_CA_PATH", text, "",
+        "CA bundle (PEM) the WeChat Pay API's https certificate is checked against (a simulator's CA); "
+        "empty: the system's CAs"))
     wxpay_api_base: str = field(metadata=setting(
         "WXPAY_API_BASE", url("http", "https"), None,
         "WeChat Pay API base URL; https outside sandbox mode, never `*.weixin.qq.com` in it",

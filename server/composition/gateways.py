@@ -4,6 +4,7 @@ only place that knows there are two. Everything past here sees a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,15 @@ import aiohttp
 from server.gateway.abc import PaymentGateway
 from server.gateway.wxpay_v2.client import Merchant, WxPayClient
 from server.gateway.wxpay_v2.gateway import WxPayV2Gateway
+from server.gateway.wxpay_v2.tls import ClientTLS, TLSSetupError, client_tls
 from server.gateway.wxpay_v3 import crypto
 from server.gateway.wxpay_v3.client import WxPayV3Client
 from server.gateway.wxpay_v3.gateway import WxPayV3Gateway
 from server.gateway.wxpay_v3.verifier import MIN_FETCH_INTERVAL, Verifier
 from server.simulator.v3_keys import CERTIFICATE_MODE, V3Keys, generate_sandbox_keys
 from settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,17 +39,37 @@ class Gateway:
 
 
 def build_gateway(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
+    tls = _tls(settings)
     v2 = None
     if settings.wxpay_key:
         merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
                             settings.wxpay_sign_type)
-        v2 = WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant))
+        v2 = WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant, tls=tls))
+        if settings.wxpay_api == "v2" and tls is not None and not tls.presents_certificate:
+            log.warning("WXPAY_CERT_PATH/WXPAY_PRIVATE_KEY_PATH unset: refunds over %s will be refused "
+                        "(secapi/pay/refund needs the merchant certificate)", settings.wxpay_api_base)
     if settings.wxpay_api == "v3":
-        built = _v3(settings, http)
+        built = _v3(settings, http, tls)
         built.v2_notices = v2
         return built
     assert v2 is not None  # settings require the v2 key for WXPAY_API=v2
     return Gateway(v2, v2_notices=v2)
+
+
+def _tls(settings: Settings) -> ClientTLS | None:
+    """Over https: the CAs the API base is checked against and, when configured,
+    the merchant certificate (v2 refunds are mutual TLS); plain http needs none."""
+    if not settings.wxpay_api_base.lower().startswith("https:"):
+        return None
+    cert, key = settings.wxpay_cert_path, settings.wxpay_private_key_path
+    if settings.wxpay_api == "v3" and (settings.sandbox or not cert):
+        # v3 needs no client certificate: its key signs requests, and in v3
+        # sandbox mode both are generated later, for that alone.
+        cert = key = ""
+    try:
+        return client_tls(cert, key, settings.wxpay_ca_path)
+    except TLSSetupError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read(path: str, setting: str) -> bytes:
@@ -55,7 +79,7 @@ def _read(path: str, setting: str) -> bytes:
         raise ConfigError(f"{setting} {path!r} cannot be read ({exc.strerror}): point it at the file") from None
 
 
-def _v3(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
+def _v3(settings: Settings, http: aiohttp.ClientSession, tls: ClientTLS | None) -> Gateway:
     simulator_v3 = None
     certificates_dir = settings.var_dir / "wxpay_v3_certificates"
     if settings.sandbox:
@@ -97,7 +121,8 @@ def _v3(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
     except crypto.CredentialError as exc:
         raise ConfigError(str(exc)) from None
     client = WxPayV3Client(http, settings.wxpay_api_base, settings.wxpay_mch_id, settings.wxpay_appid, serial,
-                           private_key, settings.wxpay_apiv3_key, verifier)
+                           private_key, settings.wxpay_apiv3_key, verifier,
+                           tls=tls.context if tls is not None else None)
     # Without a public key, certificates are all there is: keep them fresh.
     background = verifier.keep_fresh if public_key is None else None
     return Gateway(WxPayV3Gateway(client), simulator_v3, background)

@@ -106,6 +106,14 @@ class WxPayBusy(WxPayError, GatewayUnavailable):
     pass
 
 
+class WxPayRefundRefused(WxPayError, RefundRefused):
+    pass
+
+
+class WxPayRefundNotFound(WxPayError, RefundNotFound):
+    pass
+
+
 _V2_KINDS: dict[str, type[WxPayError]] = {
     "ORDERNOTEXIST": WxPayTradeNotFound,
     "ORDERPAID": WxPayTradeAlreadyPaid,
@@ -116,6 +124,29 @@ _V2_KINDS: dict[str, type[WxPayError]] = {
 }
 
 
-def v2_error(err_code: str, message: str, response: dict[str, str]) -> WxPayError:
-    """The typed error for a v2 ``err_code``."""
-    return _V2_KINDS.get(err_code, WxPayError)(err_code, message, response)
+# The refund calls (secapi/pay/refund, pay/refundquery) answer with codes of
+# their own, and some words mean something else there: PARAM_ERROR or ERROR
+# on a refund is "this refund will not be made", not a fault of ours to page
+# about. NOTENOUGH is WeChat's "the merchant's refundable balance is short"
+# (a person tops it up, then the same out_refund_no can be sent again):
+# refused for the domain, which must not retry it on its own.
+_V2_REFUND_KINDS: dict[str, type[WxPayError]] = {
+    **_V2_KINDS,
+    "NOTENOUGH": WxPayRefundRefused,
+    "TRADE_STATE_ERROR": WxPayRefundRefused,
+    "ERROR": WxPayRefundRefused,
+    "INVALID_TRANSACTIONID": WxPayRefundRefused,
+    "PARAM_ERROR": WxPayRefundRefused,
+    "TRADE_OVERDUE": WxPayRefundRefused,
+    "USER_ACCOUNT_ABNORMAL": WxPayRefundRefused,
+    "ORDERNOTEXIST": WxPayRefundRefused,  # nothing to refund from
+    "BIZERR_NEED_RETRY": WxPayBusy,
+    "INVALID_REQ_TOO_MUCH": WxPayBusy,  # WeChat's rate limit on failing refund calls
+    "REFUNDNOTEXIST": WxPayRefundNotFound,
+}
+
+
+def v2_error(err_code: str, message: str, response: dict[str, str], *, refund: bool = False) -> WxPayError:
+    """The typed error for a v2 ``err_code``; ``refund``: of a refund call."""
+    kinds = _V2_REFUND_KINDS if refund else _V2_KINDS
+    return kinds.get(err_code, WxPayError)(err_code, message, response)

@@ -1,20 +1,25 @@
-"""WeChat Pay v2 client for Native checkout: unifiedorder, orderquery, closeorder.
+"""WeChat Pay v2 client for Native checkout: unifiedorder, orderquery,
+closeorder, and refunds (secapi/pay/refund, refundquery).
 
 One aiohttp session for the process; every request is signed with the
 configured sign type and every answer's signature is verified before a field
-of it is trusted.
+of it is trusted. Over https every call goes out with the client's TLS
+context (tls.py): the merchant certificate WeChat demands for secapi/ calls,
+and the CAs trusted for the API base.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
 
-from server.gateway.errors import WxPayBadResponse, WxPayReturnFail, WxPayUnreachable, v2_error
+from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable, v2_error
 from server.gateway.wxpay_v2 import signing, xmlcodec
+from server.gateway.wxpay_v2.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +45,13 @@ class Merchant:
 
 class WxPayClient:
     def __init__(self, session: aiohttp.ClientSession, api_base: str, merchant: Merchant,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, tls: ClientTLS | None = None):
         self._session = session
         self._api_base = api_base.rstrip("/")
         self.merchant = merchant
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._tls = tls
+        self._https = self._api_base.lower().startswith("https:")
 
     async def unified_order(self, *, out_trade_no: str, body: str, total_fee: int,
                             notify_url: str, product_id: str, time_expire: dt.datetime,
@@ -71,16 +78,40 @@ class WxPayClient:
     async def close_order(self, out_trade_no: str) -> None:
         await self._call("/pay/closeorder", {"out_trade_no": out_trade_no})
 
-    async def _call(self, path: str, params: dict[str, str]) -> dict[str, str]:
+    async def refund(self, *, out_refund_no: str, total_fee: int, refund_fee: int, out_trade_no: str = "",
+                     transaction_id: str = "", refund_desc: str = "", notify_url: str = "") -> dict[str, str]:
+        """Ask for a refund (the same out_refund_no again answers for the same refund);
+        by transaction_id when given, else by out_trade_no."""
+        if self._https and (self._tls is None or not self._tls.presents_certificate):
+            # WeChat would refuse the handshake; say what is missing instead.
+            raise WxPayError("NO_CLIENT_CERTIFICATE",
+                             "secapi/pay/refund needs the merchant certificate over https: "
+                             "set WXPAY_CERT_PATH and WXPAY_PRIVATE_KEY_PATH")
+        by = {"transaction_id": transaction_id} if transaction_id else {"out_trade_no": out_trade_no}
+        return await self._call("/secapi/pay/refund", {
+            **by,
+            "out_refund_no": out_refund_no,
+            "total_fee": str(total_fee),
+            "refund_fee": str(refund_fee),
+            "refund_desc": refund_desc[:80],
+            "notify_url": notify_url,
+        }, refund=True)
+
+    async def refund_query(self, out_refund_no: str) -> dict[str, str]:
+        """The refund as WeChat sees it, as ``refund_status_0`` and friends."""
+        return await self._call("/pay/refundquery", {"out_refund_no": out_refund_no}, refund=True)
+
+    async def _call(self, path: str, params: dict[str, str], *, refund: bool = False) -> dict[str, str]:
         m = self.merchant
         request = signing.signed(
             {"appid": m.appid, "mch_id": m.mch_id, "nonce_str": signing.nonce(), **params},
             m.key, m.sign_type)
         url = self._api_base + path
+        tls: ssl.SSLContext | bool = self._tls.context if self._tls is not None and self._https else True
         try:
             async with self._session.post(url, data=xmlcodec.render(request),
                                           headers={"Content-Type": "text/xml; charset=utf-8"},
-                                          timeout=self._timeout) as resp:
+                                          timeout=self._timeout, ssl=tls) as resp:
                 if resp.status != 200:
                     raise WxPayUnreachable(f"{path} answered HTTP {resp.status}")
                 body = await resp.content.read(1 << 20)
@@ -97,5 +128,5 @@ class WxPayClient:
         if reply.get("appid") != m.appid or reply.get("mch_id") != m.mch_id:
             raise WxPayBadResponse(f"{path}: answer is for another merchant")
         if reply.get("result_code") != "SUCCESS":
-            raise v2_error(reply.get("err_code") or "UNKNOWN", reply.get("err_code_des", ""), reply)
+            raise v2_error(reply.get("err_code") or "UNKNOWN", reply.get("err_code_des", ""), reply, refund=refund)
         return reply

@@ -18,7 +18,7 @@ from server.gateway.abc import (
     Trade,
 )
 from server.gateway.errors import NotifyRejected, WxPayBadResponse
-from server.gateway.wxpay_v2 import signing, xmlcodec
+from server.gateway.wxpay_v2 import refund_notify, refunds, signing, xmlcodec
 from server.gateway.wxpay_v2.client import WxPayClient, parse_wx_time
 
 
@@ -88,12 +88,16 @@ class WxPayV2Gateway(PaymentGateway):
         return Notice(order_id, Payment(order_id, transaction_id, int(total_fee),
                                         _paid_at(fields.get("time_end", ""))))
 
-    # Refunds: being built (issue 13); nothing calls these yet.
     async def refund(self, request: RefundRequest) -> RefundState:
-        raise NotImplementedError
+        reply = await self.client.refund(
+            out_refund_no=request.out_refund_no, total_fee=request.total_fee, refund_fee=request.refund_fee,
+            out_trade_no=request.out_trade_no, transaction_id=request.transaction_id or "",
+            refund_desc=request.reason, notify_url=request.notify_url)
+        return refunds.accepted(reply, request)
 
     async def query_refund(self, out_refund_no: str) -> RefundState:
-        raise NotImplementedError
+        return refunds.queried(await self.client.refund_query(out_refund_no), out_refund_no)
 
     def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
-        raise NotImplementedError
+        m = self.client.merchant
+        return refund_notify.read(body, appid=m.appid, mch_id=m.mch_id, api_key=m.key)

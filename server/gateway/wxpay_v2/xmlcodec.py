@@ -21,7 +21,9 @@ class MalformedXML(ValueError):
     """The body is not a WeChat Pay v2 XML document."""
 
 
-def parse(body: bytes) -> dict[str, str]:
+def parse(body: bytes, root_name: str = "xml") -> dict[str, str]:
+    """The fields of a flat document whose root is ``root_name`` (``<root>`` inside a
+    refund notify's ``req_info``)."""
     if not body or not body.strip():
         raise MalformedXML("empty body")
     if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
@@ -30,13 +32,13 @@ def parse(body: bytes) -> dict[str, str]:
         doc = xmltodict.parse(body, disable_entities=True)
     except (ExpatError, ValueError) as exc:
         raise MalformedXML(f"not XML: {exc}") from None
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if len(doc) != 1 or "xml" not in doc:
-        raise MalformedXML("root element must be <xml>")
+    root = doc.get(root_name) if isinstance(doc, dict) else None
+    if len(doc) != 1 or root_name not in doc:
+        raise MalformedXML(f"root element must be <{root_name}>")
     if root is None:
         return {}
     if not isinstance(root, dict):
-        raise MalformedXML("<xml> must contain fields")
+        raise MalformedXML(f"<{root_name}> must contain fields")
     if len(root) > MAX_FIELDS:
         raise MalformedXML("too many fields")
     fields: dict[str, str] = {}

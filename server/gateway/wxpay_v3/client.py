@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,8 @@ from server.gateway.errors import (
     CloseTooEarly,
     GatewayError,
     GatewayUnavailable,
+    RefundNotFound,
+    RefundRefused,
     TradeAlreadyPaid,
     TradeClosed,
     TradeNotFound,
@@ -57,6 +60,22 @@ _KINDS: dict[str, type[GatewayError]] = {
 }
 
 
+# The refund calls' own codes (an unknown 4xx stays a plain GatewayError:
+# neither refused nor worth retrying, for a person to look at).
+# RESOURCE_NOT_EXISTS on a refund: no such trade to refund from.
+REFUND_KINDS: dict[str, type[GatewayError]] = {
+    **_KINDS,
+    "NOT_ENOUGH": RefundRefused,  # WeChat: the merchant's refundable balance is short
+    "PARAM_ERROR": RefundRefused,
+    "INVALID_REQUEST": RefundRefused,
+    "RESOURCE_NOT_EXISTS": RefundRefused,
+    "ORDER_NOT_EXIST": RefundRefused,
+    "USER_ACCOUNT_ABNORMAL": RefundRefused,
+}
+# A refund query's RESOURCE_NOT_EXISTS: no refund with this out_refund_no.
+REFUND_QUERY_KINDS: dict[str, type[GatewayError]] = {**_KINDS, "RESOURCE_NOT_EXISTS": RefundNotFound}
+
+
 def rfc3339(when: dt.datetime) -> str:
     """WeChat's ``yyyy-MM-DDTHH:mm:ss+08:00``."""
     return when.astimezone(CHINA_TZ).isoformat(timespec="seconds")
@@ -66,9 +85,9 @@ def parse_rfc3339(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
-def v3_error(status: int, code: str, message: str) -> GatewayError:
-    """The typed error for a v3 error answer."""
-    kind = _KINDS.get(code)
+def v3_error(status: int, code: str, message: str, kinds: Mapping[str, type[GatewayError]] = _KINDS) -> GatewayError:
+    """The typed error for a v3 error answer (``kinds``: the call's own codes)."""
+    kind = kinds.get(code)
     if kind is None:
         kind = GatewayUnavailable if status >= 500 or status == 429 else GatewayError
     return kind(code, message)
@@ -77,7 +96,7 @@ def v3_error(status: int, code: str, message: str) -> GatewayError:
 class WxPayV3Client:
     def __init__(self, session: aiohttp.ClientSession, api_base: str, mchid: str, appid: str, serial: str,
                  private_key: rsa.RSAPrivateKey, apiv3_key: str | bytes, verifier: Verifier,
-                 timeout: float = 10.0):
+                 timeout: float = 10.0, tls: ssl.SSLContext | None = None):
         self._session = session
         self._api_base = api_base.rstrip("/")
         self.mchid = mchid
@@ -87,6 +106,7 @@ class WxPayV3Client:
         self.apiv3_key = crypto.apiv3_key(apiv3_key)
         self.verifier = verifier
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._tls: ssl.SSLContext | bool = tls if tls is not None else True  # True: aiohttp's default checks
         verifier.fetch_with(self.download_certificates)
 
     # -- the calls ------------------------------------------------------------
@@ -122,6 +142,24 @@ class WxPayV3Client:
         await self._call("POST", f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close",
                          {"mchid": self.mchid})
 
+    async def refund(self, *, out_refund_no: str, total: int, refund: int, reason: str, notify_url: str,
+                     out_trade_no: str = "", transaction_id: str = "") -> dict[str, Any]:
+        """Ask for a refund (the same out_refund_no again answers for the same refund);
+        by transaction_id when given, else by out_trade_no."""
+        by = {"transaction_id": transaction_id} if transaction_id else {"out_trade_no": out_trade_no}
+        request: dict[str, Any] = {**by, "out_refund_no": out_refund_no,
+                                   "amount": {"refund": refund, "total": total, "currency": "CNY"}}
+        if reason:
+            request["reason"] = reason[:80]
+        if notify_url:
+            request["notify_url"] = notify_url
+        return await self._call("POST", "/v3/refund/domestic/refunds", request, kinds=REFUND_KINDS)
+
+    async def query_refund(self, out_refund_no: str) -> dict[str, Any]:
+        """The refund as WeChat sees it now (``status``, ``amount.refund``, ``success_time``)."""
+        return await self._call("GET", f"/v3/refund/domestic/refunds/{quote(out_refund_no, safe='')}",
+                                kinds=REFUND_QUERY_KINDS)
+
     async def download_certificates(self) -> list[x509.Certificate]:
         """The platform certificates ``/v3/certificates`` lists, decrypted with
         the APIv3 key (which only WeChat and we hold), the answer verified under
@@ -153,16 +191,17 @@ class WxPayV3Client:
 
     # -- one exchange -----------------------------------------------------------
 
-    async def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        raw, headers = await self._exchange(method, path, payload)
+    async def _call(self, method: str, path: str, payload: Mapping[str, Any] | None = None, *,
+                    kinds: Mapping[str, type[GatewayError]] = _KINDS) -> dict[str, Any]:
+        raw, headers = await self._exchange(method, path, payload, kinds)
         try:
             await self.verifier.check_async(headers, raw)
         except SignatureRejected as exc:
             raise GatewayUnavailable("BAD_RESPONSE", f"{method} {path.split('?')[0]}: {exc}") from None
         return self._json(raw, path) if raw else {}
 
-    async def _exchange(self, method: str, path: str,
-                        payload: Mapping[str, Any] | None) -> tuple[bytes, Mapping[str, str]]:
+    async def _exchange(self, method: str, path: str, payload: Mapping[str, Any] | None,
+                        kinds: Mapping[str, type[GatewayError]] = _KINDS) -> tuple[bytes, Mapping[str, str]]:
         """Send one signed request; the 2xx answer's raw body and headers, or the typed error."""
         body = b"" if payload is None else json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         headers = {
@@ -179,16 +218,17 @@ class WxPayV3Client:
         try:
             # encoded=True: the path and query go out exactly as signed.
             async with self._session.request(method, URL(self._api_base + path, encoded=True), data=body or None,
-                                             headers=headers, timeout=self._timeout) as resp:
+                                             headers=headers, timeout=self._timeout, ssl=self._tls) as resp:
                 raw = await resp.content.read(MAX_ANSWER)
                 status, answer_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise GatewayUnavailable("UNREACHABLE", f"{where}: {type(exc).__name__} {exc}".strip()) from None
         if 200 <= status < 300:
             return raw, answer_headers
-        raise await self._error(where, status, raw, answer_headers)
+        raise await self._error(where, status, raw, answer_headers, kinds)
 
-    async def _error(self, where: str, status: int, raw: bytes, headers: Mapping[str, str]) -> GatewayError:
+    async def _error(self, where: str, status: int, raw: bytes, headers: Mapping[str, str],
+                     kinds: Mapping[str, type[GatewayError]]) -> GatewayError:
         try:
             answer = json.loads(raw)
             code, message = str(answer.get("code") or f"HTTP_{status}"), str(answer.get("message") or "")
@@ -201,7 +241,7 @@ class WxPayV3Client:
                 return GatewayUnavailable("BAD_RESPONSE", f"{where}: HTTP {status} {code}, but {exc}")
         elif status < 500:
             log.info("%s: unsigned HTTP %s %s", where, status, code)
-        return v3_error(status, code, f"{where}: {message}" if message else where)
+        return v3_error(status, code, f"{where}: {message}" if message else where, kinds)
 
     @staticmethod
     def _json(raw: bytes, path: str) -> dict[str, Any]:

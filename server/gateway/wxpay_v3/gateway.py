@@ -28,7 +28,7 @@ from server.gateway.abc import (
     Trade,
 )
 from server.gateway.errors import GatewayUnavailable, NotifyRejected
-from server.gateway.wxpay_v3 import crypto
+from server.gateway.wxpay_v3 import crypto, refunds
 from server.gateway.wxpay_v3.client import WxPayV3Client, parse_rfc3339
 from server.gateway.wxpay_v3.verifier import SignatureRejected, UnknownSerial
 
@@ -76,6 +76,29 @@ class WxPayV3Gateway(PaymentGateway):
         await self.client.close(out_trade_no)
 
     def read_notify(self, body: bytes, headers: Mapping[str, str]) -> Notice:
+        notify = self._verified(body, headers)
+        event = str(notify.get("event_type", ""))
+        if event.startswith("REFUND."):
+            refund = self._refund(event, notify)
+            return Notice(refund.out_trade_no, None, refund=refund)
+        if not event.startswith("TRANSACTION."):
+            raise NotifyRejected(f"event_type {event[:40]!r} is not a payment result, nor a refund one")
+        return self._payment(notify)
+
+    def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
+        notify = self._verified(body, headers)
+        event = str(notify.get("event_type", ""))
+        if not event.startswith("REFUND."):
+            raise NotifyRejected(f"event_type {event[:40]!r} is not a refund result")
+        return self._refund(event, notify)
+
+    def _refund(self, event: str, notify: Mapping[str, Any]) -> RefundState:
+        state = refunds.from_notify(event, self._decrypt(notify, "refund"), self.client.mchid)
+        log.info("refund notify for %s: %s", state.out_refund_no, state.status)
+        return state
+
+    def _verified(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The notify as JSON, once its signature over the raw bytes checked out."""
         verifier = self.client.verifier
         try:
             verifier.check(headers, body)  # over the raw bytes, before anything is parsed
@@ -91,12 +114,10 @@ class WxPayV3Gateway(PaymentGateway):
             raise NotifyRejected("body is not JSON") from None
         if not isinstance(notify, dict):
             raise NotifyRejected("body is not a JSON object")
-        event = str(notify.get("event_type", ""))
-        if event.startswith("REFUND."):
-            raise NotifyRejected(f"{event[:40]}: refund notifies are not handled")
-        if not event.startswith("TRANSACTION."):
-            raise NotifyRejected(f"event_type {event[:40]!r} is not a payment result")
-        trade = self._decrypt(notify)
+        return notify
+
+    def _payment(self, notify: Mapping[str, Any]) -> Notice:
+        trade = self._decrypt(notify, "transaction")
         if trade.get("mchid") != self.client.mchid:
             raise NotifyRejected("mchid is not ours")
         if trade.get("appid") != self.client.appid:
@@ -115,14 +136,15 @@ class WxPayV3Gateway(PaymentGateway):
             raise NotifyRejected("transaction_id missing")
         return Notice(order_id, Payment(order_id, transaction_id, total, _paid_at(trade.get("success_time"))))
 
-    def _decrypt(self, notify: Mapping[str, Any]) -> dict[str, Any]:
+    def _decrypt(self, notify: Mapping[str, Any], original_type: str) -> dict[str, Any]:
         resource = notify.get("resource")
         if notify.get("resource_type") != "encrypt-resource" or not isinstance(resource, dict):
             raise NotifyRejected("no encrypted resource")
         if resource.get("algorithm") != AEAD:
             raise NotifyRejected(f"resource algorithm {str(resource.get('algorithm'))[:32]!r} is not {AEAD}")
-        if resource.get("original_type", "transaction") != "transaction":
-            raise NotifyRejected(f"resource is a {str(resource.get('original_type'))[:32]!r}, not a transaction")
+        # A payment resource without original_type is taken as one (older notifies); a refund must say so.
+        if resource.get("original_type", "transaction") != original_type:
+            raise NotifyRejected(f"resource is a {str(resource.get('original_type'))[:32]!r}, not a {original_type}")
         try:
             plain = crypto.decrypt_resource(self.client.apiv3_key, str(resource.get("nonce", "")),
                                             str(resource.get("associated_data", "")),
@@ -136,12 +158,12 @@ class WxPayV3Gateway(PaymentGateway):
             raise NotifyRejected("resource is not a JSON object")
         return trade
 
-    # Refunds: being built (issue 13); nothing calls these yet.
     async def refund(self, request: RefundRequest) -> RefundState:
-        raise NotImplementedError
+        answer = await self.client.refund(
+            out_refund_no=request.out_refund_no, total=request.total_fee, refund=request.refund_fee,
+            reason=request.reason, notify_url=request.notify_url, out_trade_no=request.out_trade_no,
+            transaction_id=request.transaction_id or "")
+        return refunds.from_answer(answer, request.out_refund_no)
 
     async def query_refund(self, out_refund_no: str) -> RefundState:
-        raise NotImplementedError
-
-    def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
-        raise NotImplementedError
+        return refunds.from_answer(await self.client.query_refund(out_refund_no), out_refund_no)
