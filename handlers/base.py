@@ -136,7 +136,7 @@ class JsonHandler(BaseHandler):
         if self.current_user is None:
             raise tornado.web.HTTPError(401, reason="log in first")
         declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > DISCARD_BODY:
+        if declared.isascii() and declared.isdigit() and int(declared) > DISCARD_BODY:
             raise tornado.web.HTTPError(413, reason=f"body too large (at most {MAX_JSON_BODY} bytes)")
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):

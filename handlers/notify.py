@@ -50,7 +50,7 @@ class NotifyHandler(BaseHandler):
         if self.request.method != "POST":
             return
         declared = self.request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > MAX_NOTIFY_BODY:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_NOTIFY_BODY:
             self._reply_fail("body too large", 413)
             return
         connection = self.request.connection

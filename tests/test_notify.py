@@ -91,6 +91,9 @@ ABUSE = {
     "declares HMAC, signed MD5": (hmac_declared_md5_signed, 400, "signature"),
     "amount one fen off": (lambda o: signed_notify(o, total_fee=str(o["pay_money"] - 1)), 400, "total_fee"),
     "amount one fen over": (lambda o: signed_notify(o, total_fee=str(o["pay_money"] + 1)), 400, "total_fee"),
+    # Signed, so it reaches the amount check: "²".isdigit() is True and int("²") raises.
+    "amount in superscript digits": (lambda o: signed_notify(o, total_fee="²"), 400, "total_fee"),
+    "amount in Arabic-Indic digits": (lambda o: signed_notify(o, total_fee="١٠٠"), 400, "total_fee"),
     "wrong appid": (lambda o: signed_notify(o, appid="wx0000000000000000"), 400, "appid"),
     "wrong mch_id": (lambda o: signed_notify(o, mch_id="19999999"), 400, "mch_id"),
     "unknown order": (lambda o: signed_notify({**o, "id": "20261127ffffffffffffffffffffffff"}), 400, "unknown"),

@@ -3,6 +3,7 @@ HMAC-SHA256 signatures under the API key (client.py does the calls)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 
@@ -20,6 +21,10 @@ from server.gateway.abc import (
 from server.gateway.errors import NotifyRejected, WxPayBadResponse
 from server.gateway.wxpay_v2 import refund_notify, refunds, signing, xmlcodec
 from server.gateway.wxpay_v2.client import WxPayClient, parse_wx_time
+
+
+# An amount in fen: ASCII digits only (str.isdigit() takes "²", which int() refuses).
+FEN = re.compile(r"[0-9]{1,12}")
 
 
 def _paid_at(time_end: str) -> float:
@@ -46,7 +51,7 @@ class WxPayV2Gateway(PaymentGateway):
         if state not in PAID_STATES:
             return Trade(out_trade_no, state)
         fee = reply.get("total_fee", "")
-        if not fee.isdigit() or not reply.get("transaction_id"):
+        if not FEN.fullmatch(fee) or not reply.get("transaction_id"):
             raise WxPayBadResponse(f"orderquery for {out_trade_no}: paid without transaction_id or total_fee")
         return Trade(out_trade_no, state, Payment(out_trade_no, reply["transaction_id"], int(fee),
                                                   _paid_at(reply.get("time_end", ""))))
@@ -80,7 +85,7 @@ class WxPayV2Gateway(PaymentGateway):
         if fields.get("result_code") != "SUCCESS":
             return Notice(order_id, None, fields.get("err_code_des", ""))
         total_fee = fields.get("total_fee", "")
-        if not total_fee.isdigit():
+        if not FEN.fullmatch(total_fee):
             raise NotifyRejected(f"total_fee {total_fee[:16]!r} is not an amount in fen")
         transaction_id = fields.get("transaction_id", "")
         if not transaction_id or len(transaction_id) > 32:
