@@ -86,11 +86,13 @@ def tls_simulator(tmp_path: Path) -> Iterator[TlsSimulator]:
 def test_the_standalone_simulator_demands_a_client_certificate_and_refunds_over_it(
         tls_simulator: TlsSimulator) -> None:
     sim, tls = tls_simulator, tls_simulator.tls
-    # The merchant trusts the simulator; the simulator's TLS alert refuses the merchant.
+    # The merchant trusts the simulator; the simulator refuses the merchant: with
+    # TLS 1.3 the client reads either the server's alert or, when the server has
+    # already closed, an EOF, never a failure to verify the server.
     for cert, alert in ((None, "CERTIFICATE_REQUIRED"), ((tls.stranger_cert, tls.stranger_key), "UNKNOWN_CA")):
         with pytest.raises(requests.exceptions.SSLError) as refused:
             sim.merchant(cert).refund.query(out_refund_no="R" + uuid.uuid4().hex[:12])
-        assert alert in str(refused.value)
+        assert alert in str(refused.value) or "EOF occurred" in str(refused.value), refused.value
 
     merchant = sim.merchant((tls.client_cert, tls.client_key))
     out_trade_no = "T" + uuid.uuid4().hex[:20]
