@@ -8,6 +8,7 @@ import contextlib
 import getpass
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -148,15 +149,29 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     log.info("paypush stopped in %.1fs", time.monotonic() - started)
 
 
-async def run_simulator(settings: settings_mod.Settings, host: str, port: int) -> None:
+def mutual_tls_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:
+    """HTTPS that, like WeChat's /secapi/, refuses a client without a certificate signed by ``client_ca``."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca)
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"simulator TLS files cannot be used ({exc}): check --tls-cert, --tls-key "
+                           "and --client-ca") from None
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def run_simulator(settings: settings_mod.Settings, host: str, port: int,
+                        tls: ssl.SSLContext | None = None) -> None:
     async with aiohttp.ClientSession() as http:
         sim = Simulator.create(http, appid=settings.wxpay_appid, mch_id=settings.wxpay_mch_id,
                                key=settings.wxpay_key,
                                close_min_age_seconds=settings.sim_close_min_age_seconds,
                                notify_speed=settings.sim_notify_speed)
-        server = make_simulator_app(sim).listen(port, host)
-        log.info("WeChat Pay simulator on http://%s:%d (appid %s, mch_id %s)", host, port,
-                 settings.wxpay_appid, settings.wxpay_mch_id)
+        server = make_simulator_app(sim).listen(port, host, ssl_options=tls)
+        log.info("WeChat Pay simulator on %s://%s:%d (appid %s, mch_id %s%s)", "https" if tls else "http",
+                 host, port, settings.wxpay_appid, settings.wxpay_mch_id,
+                 ", client certificate required" if tls else "")
         await wait_for_shutdown_signal()
         server.stop()
         await sim.close()
@@ -185,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulator", help="run the WeChat Pay simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8899)
+    sim.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM); needs --tls-key and --client-ca")
+    sim.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    sim.add_argument("--client-ca", help="require client certificates signed by this CA (PEM), as WeChat's "
+                                         "refund API does")
     return parser
 
 
@@ -207,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
             role = " (operator)" if args.operator else ""
             print(f"user {args.name}{role} {'created' if created else 'password replaced'}")
         elif args.command == "simulator":
-            asyncio.run(run_simulator(settings, args.host, args.port))
+            tls_args = (args.tls_cert, args.tls_key, args.client_ca)
+            if any(tls_args) and not all(tls_args):
+                raise StartupError("--tls-cert, --tls-key and --client-ca go together")
+            tls = mutual_tls_context(*tls_args) if all(tls_args) else None
+            asyncio.run(run_simulator(settings, args.host, args.port, tls))
     except (StartupError, settings_mod.ConfigError) as exc:  # keys and certificates are read at start-up
         print(f"paypush: {exc}", file=sys.stderr)
         return 2

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import tornado.web
 
 from server.gateway.wxpay_v2 import signing, xmlcodec
-from server.simulator import v3
+from server.simulator import refund_messages, v3
 from server.simulator.notifier import Notifier, NotifyPlan
-from server.simulator.trades import SUCCESS, TRADE_STATE_DESC, Trade, TradeBook, TradeError
+from server.simulator.refunds import RefundDesk, RefundKnobs
+from server.simulator.trades import TRADE_STATE_DESC, V2, Trade, TradeBook, TradeError
 from server.simulator.v3_keys import V3Keys
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 UNIFIEDORDER_REQUIRED = ("body", "out_trade_no", "total_fee", "spbill_create_ip",
                          "notify_url", "trade_type")
+REFUND_REQUIRED = ("out_refund_no", "total_fee", "refund_fee")
+# WeChat: out_refund_no "只能是数字、大小写字母_-|*@", at most 64.
+OUT_REFUND_NO = re.compile(r"^[A-Za-z0-9_\-|*@]{1,64}$")
 
 
 @dataclass
@@ -37,6 +42,10 @@ class Simulator:
     notifier: Notifier
     api_delay: float = 0.0  # test knob: WeChat answering slowly
     v3: V3Keys | None = None  # the v3 face is mounted only with v3 keys
+    refunds: RefundDesk = field(init=False)  # both faces' refunds, on the shared book
+
+    def __post_init__(self) -> None:
+        self.refunds = RefundDesk(self.trades, self.notifier)
 
     @classmethod
     def create(cls, session: aiohttp.ClientSession, *, appid: str, mch_id: str, key: str,
@@ -48,6 +57,7 @@ class Simulator:
                    Notifier(session, key, appid, mch_id, notify_speed, v3=v3), v3=v3)
 
     async def close(self) -> None:
+        await self.refunds.close()
         await self.notifier.close()
 
 
@@ -60,7 +70,9 @@ class _SimHandler(tornado.web.RequestHandler):
 
 
 class MerchantApiHandler(_SimHandler):
-    """``/pay/unifiedorder``, ``/pay/orderquery``, ``/pay/closeorder``."""
+    """``/pay/unifiedorder``, ``/pay/orderquery``, ``/pay/closeorder``,
+    ``/secapi/pay/refund``, ``/pay/refundquery``. The refund's mutual TLS is the
+    listener's (``paypush simulator --client-ca``), not this handler's."""
 
     def initialize(self, sim: Simulator, action: str) -> None:  # type: ignore[override]
         self.sim = sim
@@ -121,7 +133,7 @@ class MerchantApiHandler(_SimHandler):
         answer = {"out_trade_no": trade.out_trade_no, "trade_state": trade.state,
                   "trade_state_desc": TRADE_STATE_DESC[trade.state],
                   "total_fee": str(trade.total_fee)}
-        if trade.state == SUCCESS:
+        if trade.paid:
             answer.update(transaction_id=trade.transaction_id, time_end=trade.time_end,
                           openid=trade.openid, trade_type="NATIVE", bank_type="CMC",
                           cash_fee=str(trade.total_fee), fee_type="CNY")
@@ -132,6 +144,37 @@ class MerchantApiHandler(_SimHandler):
             raise TradeError("LACK_PARAMS", "缺少参数out_trade_no")
         self.sim.trades.close(request["out_trade_no"])
         return {}
+
+    def _refund(self, request: dict[str, str]) -> dict[str, str]:
+        missing = [f for f in REFUND_REQUIRED if not request.get(f)]
+        if not (request.get("transaction_id") or request.get("out_trade_no")):
+            missing.append("transaction_id|out_trade_no")
+        if missing:
+            raise TradeError("PARAM_ERROR", "缺少参数" + ",".join(missing))
+        if not OUT_REFUND_NO.match(request["out_refund_no"]):
+            raise TradeError("PARAM_ERROR", "out_refund_no格式错误")
+        if not (request["total_fee"].isdigit() and request["refund_fee"].isdigit()):
+            raise TradeError("PARAM_ERROR", "total_fee和refund_fee必须是整数(分)")
+        refund = self.sim.refunds.apply(
+            api=V2, out_refund_no=request["out_refund_no"], total_fee=int(request["total_fee"]),
+            refund_fee=int(request["refund_fee"]), out_trade_no=request.get("out_trade_no", ""),
+            transaction_id=request.get("transaction_id", ""), notify_url=request.get("notify_url", ""),
+            reason=request.get("refund_desc", ""))
+        return refund_messages.refund_answer(refund)
+
+    def _refundquery(self, request: dict[str, str]) -> dict[str, str]:
+        # WeChat's precedence when several are given: refund_id > out_refund_no > transaction_id > out_trade_no.
+        book = self.sim.trades
+        if request.get("refund_id"):
+            refunds = [book.by_refund_id(request["refund_id"])]
+        elif request.get("out_refund_no"):
+            refunds = [book.get_refund(request["out_refund_no"])]
+        elif request.get("transaction_id") or request.get("out_trade_no"):
+            refunds = book.refunds_of(out_trade_no=request.get("out_trade_no", ""),
+                                      transaction_id=request.get("transaction_id", ""))
+        else:
+            raise TradeError("PARAM_ERROR", "refund_id、out_refund_no、transaction_id、out_trade_no必须填一个")
+        return refund_messages.query_answer(book.get(refunds[0].out_trade_no), refunds)
 
     def _reply(self, fields: dict[str, str]) -> None:
         message = {"return_code": "SUCCESS", "return_msg": "OK", "appid": self.sim.appid,
@@ -150,14 +193,17 @@ def _trade_json(trade: Trade) -> dict[str, Any]:
             "total_fee": trade.total_fee, "transaction_id": trade.transaction_id,
             "code_url": trade.code_url, "body": trade.request.get("body", ""),
             "spbill_create_ip": trade.request.get("spbill_create_ip", ""), "api": trade.api,
-            "notify_replies": []}
+            "notify_replies": [], "refunds": [refund_messages.refund_json(r) for r in trade.refunds],
+            "extra_transactions": [{"transaction_id": p.transaction_id, "time_end": p.time_end,
+                                    "total_fee": trade.total_fee} for p in trade.extra_payments]}
 
 
 class PhoneJsonHandler(_SimHandler):
     """Test-facing phone: ``POST scan`` (USERPAYING) or ``POST pay`` with knobs.
 
     Body: ``{"code_url": "...", "notify": {"drop": false, "copies": 1, "delay": 0,
-    "coupons": 0, "omit_sign_type": false}}``.
+    "coupons": 0, "omit_sign_type": false}}``; ``"duplicate": true`` pays an already
+    paid trade again (a second transaction, its own notify).
     """
 
     def initialize(self, sim: Simulator, action: str) -> None:  # type: ignore[override]
@@ -168,6 +214,7 @@ class PhoneJsonHandler(_SimHandler):
         try:
             payload = json.loads(self.request.body or b"{}")
             code_url = str(payload["code_url"])
+            duplicate = bool(payload.get("duplicate", False))
             knobs = payload.get("notify") or {}
             plan = NotifyPlan(drop=bool(knobs.get("drop", False)),
                               copies=max(1, min(int(knobs.get("copies", 1)), 50)),
@@ -182,7 +229,7 @@ class PhoneJsonHandler(_SimHandler):
             if self.action == "scan":
                 trade = self.sim.trades.scan(code_url)
             else:
-                trade = self.sim.trades.pay(code_url)
+                trade = self.sim.trades.pay_again(code_url) if duplicate else self.sim.trades.pay(code_url)
                 self.sim.notifier.schedule(trade, plan)
         except TradeError as exc:
             self.set_status(409)
@@ -197,7 +244,10 @@ class ControlHandler(_SimHandler):
     ``{"api_delay": 0..60}``; v3: ``{"v3_mode": "public_key" | "certificate"}`` (who
     signs answers and notifies: WeChat's migration from certificates to the public
     key), ``{"v3_rotate": true}`` (a new platform certificate signs from now on,
-    the previous one still listed). Answers the state it leaves.
+    the previous one still listed); refunds: ``{"refund": {"outcome": "success" |
+    "abnormal" | "closed", "delay": seconds, "systemerror": N, "notify": {"drop",
+    "copies", "delay"}}}`` (the next N refund calls fail, the first of them after
+    taking the refund). Answers the state it leaves.
     """
 
     def post(self) -> None:
@@ -210,16 +260,20 @@ class ControlHandler(_SimHandler):
             rotate = bool(knobs.get("v3_rotate", False))
             if (mode is not None or rotate) and self.sim.v3 is None:
                 raise ValueError
+            refund_knobs, systemerrors = RefundKnobs.parse(knobs.get("refund") or {}, self.sim.refunds.knobs)
             if mode is not None:
                 assert self.sim.v3 is not None
                 self.sim.v3.set_mode(str(mode))
         except (ValueError, TypeError, AttributeError):
             self.set_status(400)
             self.finish({"error": 'expected {"api_delay": 0..60, "v3_mode": "public_key"|"certificate", '
-                                  '"v3_rotate": true|false} (v3 knobs only with v3 keys)'})
+                                  '"v3_rotate": true|false, "refund": {"outcome": "success"|"abnormal"|"closed", '
+                                  '"delay": s, "systemerror": n, "notify": {...}}} (v3 knobs only with v3 keys)'})
             return
         self.sim.api_delay = delay
-        state: dict[str, Any] = {"api_delay": delay}
+        self.sim.refunds.set_knobs(refund_knobs, systemerrors)
+        state: dict[str, Any] = {"api_delay": delay, "refund": {**refund_knobs.as_json(),
+                                                               "systemerror": self.sim.refunds.systemerrors_left}}
         if self.sim.v3 is not None:
             if rotate:
                 self.sim.v3.rotate()
@@ -241,6 +295,20 @@ class TradeJsonHandler(_SimHandler):
         answer = _trade_json(trade)
         answer["notify_replies"] = self.sim.notifier.deliveries.get(out_trade_no, [])
         self.finish(answer)
+
+
+class RefundJsonHandler(_SimHandler):
+    """``GET refunds/{out_refund_no}``: a refund as WeChat knows it, with the notify replies seen."""
+
+    def get(self, out_refund_no: str) -> None:
+        try:
+            refund = self.sim.trades.get_refund(out_refund_no)
+        except TradeError as exc:
+            self.set_status(404)
+            self.finish({"error": exc.err_code})
+            return
+        self.finish({**refund_messages.refund_json(refund),
+                     "notify_replies": self.sim.notifier.refund_deliveries.get(out_refund_no, [])})
 
 
 class PhonePageHandler(_SimHandler):
@@ -275,9 +343,12 @@ def routes(prefix: str, sim: Simulator) -> list[tornado.web.URLSpec]:
         tornado.web.url(p + "/pay/unifiedorder", MerchantApiHandler, {"sim": sim, "action": "unifiedorder"}),
         tornado.web.url(p + "/pay/orderquery", MerchantApiHandler, {"sim": sim, "action": "orderquery"}),
         tornado.web.url(p + "/pay/closeorder", MerchantApiHandler, {"sim": sim, "action": "closeorder"}),
+        tornado.web.url(p + "/secapi/pay/refund", MerchantApiHandler, {"sim": sim, "action": "refund"}),
+        tornado.web.url(p + "/pay/refundquery", MerchantApiHandler, {"sim": sim, "action": "refundquery"}),
         tornado.web.url(p + "/phone", PhonePageHandler, {"sim": sim}, name="sim_phone"),
         tornado.web.url(p + "/scan", PhoneJsonHandler, {"sim": sim, "action": "scan"}),
         tornado.web.url(p + "/pay", PhoneJsonHandler, {"sim": sim, "action": "pay"}),
         tornado.web.url(p + "/control", ControlHandler, {"sim": sim}),
         tornado.web.url(p + r"/trades/([A-Za-z0-9_\-|*]{1,32})", TradeJsonHandler, {"sim": sim}),
+        tornado.web.url(p + r"/refunds/([A-Za-z0-9_\-|*@]{1,64})", RefundJsonHandler, {"sim": sim}),
     ]

@@ -1,7 +1,8 @@
-"""Delivers payment notifies the way WeChat does: POSTed to the order's
-``notify_url``, repeated on WeChat's schedule until the merchant acknowledges.
-A v2 trade's notify is signed XML, acknowledged by ``return_code=SUCCESS``; a v3
-trade's is signed JSON with an encrypted resource, acknowledged by 200/204.
+"""Delivers payment and refund notifies the way WeChat does: POSTed to the
+order's (refund's) ``notify_url``, repeated on WeChat's schedule until the
+merchant acknowledges. A v2 trade's notify is signed XML, acknowledged by
+``return_code=SUCCESS`` (a v2 refund's carries an encrypted ``req_info`` and no
+sign); a v3 one is signed JSON with an encrypted resource, acknowledged by 200/204.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from server.gateway.wxpay_v2 import signing, xmlcodec
-from server.simulator import v3_messages
-from server.simulator.trades import V3, Trade
+from server.simulator import refund_messages, v3_messages
+from server.simulator.trades import V3, Refund, Trade
 from server.simulator.v3_keys import V3Keys
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class Notifier:
         self.speed = speed
         self._tasks: set[asyncio.Task[None]] = set()
         self.deliveries: dict[str, list[str]] = {}  # out_trade_no -> replies seen
+        self.refund_deliveries: dict[str, list[str]] = {}  # out_refund_no -> replies seen
 
     def message(self, trade: Trade, plan: NotifyPlan | None = None) -> dict[str, str]:
         plan = plan or NotifyPlan()
@@ -80,37 +84,66 @@ class Notifier:
         if plan.drop:
             log.info("simulator: notify for %s dropped on purpose", trade.out_trade_no)
             return
-        task = asyncio.get_running_loop().create_task(self._deliver(trade, plan))
+        replies = self.deliveries.setdefault(trade.out_trade_no, [])
+        self._start(self._deliver(trade.out_trade_no, lambda: self._post_payment(trade, plan, replies), plan))
+
+    def schedule_refund(self, refund: Refund, plan: NotifyPlan) -> None:
+        """The refund's outcome to its notify_url (none given: WeChat would use the
+        one configured on its merchant platform; the simulator has none)."""
+        if plan.drop or not refund.notify_url:
+            log.info("simulator: refund notify for %s not sent (%s)", refund.out_refund_no,
+                     "dropped on purpose" if plan.drop else "no notify_url")
+            return
+        replies = self.refund_deliveries.setdefault(refund.out_refund_no, [])
+        self._start(self._deliver(refund.out_refund_no, lambda: self._post_refund(refund, replies), plan))
+
+    def _start(self, delivery: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(delivery)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, trade: Trade, plan: NotifyPlan) -> None:
+    async def _deliver(self, label: str, post: Callable[[], Awaitable[bool]], plan: NotifyPlan) -> None:
         delays = (plan.delay, *RETRY_SCHEDULE)
         for attempt, delay in enumerate(delays):
             await asyncio.sleep(delay / self.speed if attempt else delay)
             copies = plan.copies if attempt == 0 else 1
-            results = await asyncio.gather(*(self._post(trade, plan) for _ in range(copies)))
+            results = await asyncio.gather(*(post() for _ in range(copies)))
             if any(results):
                 return
-        log.warning("simulator: notify for %s never acknowledged", trade.out_trade_no)
+        log.warning("simulator: notify for %s never acknowledged", label)
 
-    async def _post(self, trade: Trade, plan: NotifyPlan) -> bool:
-        url = trade.request["notify_url"]
+    async def _post_payment(self, trade: Trade, plan: NotifyPlan, replies: list[str]) -> bool:
         if trade.api == V3:
             assert self._v3 is not None  # only the v3 face places v3 trades
             data, headers = v3_messages.notify_message(self._v3, trade, plan.coupons)
         else:
             data, headers = xmlcodec.render(self.message(trade, plan)), {"Content-Type": "text/xml"}
+        return await self._post(trade.request["notify_url"], data, headers, trade.api, replies, trade.out_trade_no)
+
+    def refund_message(self, refund: Refund) -> bytes:
+        """A v2 refund notify's body."""
+        return refund_messages.v2_notify(refund, self._key, self._appid, self._mch_id)
+
+    async def _post_refund(self, refund: Refund, replies: list[str]) -> bool:
+        if refund.api == V3:
+            assert self._v3 is not None  # only the v3 face takes v3 refunds
+            data, headers = v3_messages.refund_notify_message(self._v3, refund)
+        else:
+            data, headers = self.refund_message(refund), {"Content-Type": "text/xml"}
+        return await self._post(refund.notify_url, data, headers, refund.api, replies, refund.out_refund_no)
+
+    async def _post(self, url: str, data: bytes, headers: dict[str, str], api: str, replies: list[str],
+                    label: str) -> bool:
         try:
             async with self._session.post(url, data=data, headers=headers,
                                           timeout=aiohttp.ClientTimeout(total=10)) as resp:
                 status, body = resp.status, await resp.content.read(65536)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.info("simulator: notify for %s failed: %s", trade.out_trade_no, exc)
-            self.deliveries.setdefault(trade.out_trade_no, []).append("UNREACHABLE")
+            log.info("simulator: notify for %s failed: %s", label, exc)
+            replies.append("UNREACHABLE")
             return False
-        reply = _v3_reply(status, body) if trade.api == V3 else _v2_reply(body)
-        self.deliveries.setdefault(trade.out_trade_no, []).append(reply)
+        reply = _v3_reply(status, body) if api == V3 else _v2_reply(body)
+        replies.append(reply)
         return reply == "SUCCESS"
 
     async def close(self) -> None:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import tornado.web
 
-from server.simulator import v3_crypto
+from server.simulator import v3_crypto, v3_messages
+from server.simulator.refunds import RefundDesk
 from server.simulator.trades import V3, TradeBook, TradeError
 from server.simulator.v3_keys import SIGNATURE_TYPE, V3Keys
 from server.simulator.v3_messages import BEIJING, beijing_compact, signed_headers, transaction
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 CLOCK_SKEW = 300  # seconds a request's timestamp may be off, as WeChat allows
 OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{6,32}$")
+OUT_REFUND_NO = re.compile(r"^[A-Za-z0-9_\-|*@]{1,64}$")
 AUTH_FIELD = re.compile(r'(\w+)="([^"]*)"')
 
 # v2 error codes of the shared TradeBook -> v3's (HTTP status, code).
@@ -39,6 +41,12 @@ V3_ERRORS = {
     "ORDERCLOSED": (400, "ORDER_CLOSED"),
     "INVALID_REQUEST": (403, "OUT_TRADE_NO_USED"),
     "CLOSE_TOO_EARLY": (400, "CLOSE_TOO_EARLY"),  # the simulator's: WeChat documents no code for it
+    # refunds
+    "NOTENOUGH": (403, "NOT_ENOUGH"),
+    "INVALID_TRANSACTIONID": (404, "RESOURCE_NOT_EXISTS"),
+    "TRADE_STATE_ERROR": (400, "INVALID_REQUEST"),
+    "REFUNDNOTEXIST": (404, "RESOURCE_NOT_EXISTS"),
+    "SYSTEMERROR": (500, "SYSTEM_ERROR"),
 }
 
 
@@ -48,6 +56,7 @@ class Simulated(Protocol):
     trades: TradeBook
     api_delay: float
     v3: V3Keys | None
+    refunds: RefundDesk
 
 
 class V3Error(Exception):
@@ -210,6 +219,52 @@ class CloseHandler(V3Handler):
         return 204, None
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class RefundsHandler(V3Handler):
+    """``POST /v3/refund/domestic/refunds``: a refund of a paid trade (or of one of its transactions)."""
+
+    async def post(self) -> None:
+        await self._serve(self._refund)
+
+    def _refund(self) -> tuple[int, dict[str, Any]]:
+        payload = self._json_body()
+        out_refund_no, amount = payload.get("out_refund_no"), payload.get("amount")
+        missing = [f for f, v in (("out_refund_no", out_refund_no), ("amount", amount)) if not v]
+        if not (payload.get("transaction_id") or payload.get("out_trade_no")):
+            missing.append("transaction_id|out_trade_no")
+        if missing:
+            raise V3Error(400, "PARAM_ERROR", "缺少参数" + ",".join(missing))
+        if not isinstance(out_refund_no, str) or not OUT_REFUND_NO.match(out_refund_no):
+            raise V3Error(400, "PARAM_ERROR", "out_refund_no格式错误")
+        if not isinstance(amount, dict) or not _positive_int(amount.get("refund")) \
+                or not _positive_int(amount.get("total")):
+            raise V3Error(400, "PARAM_ERROR", "amount.refund和amount.total必须是正整数(分)")
+        if amount.get("currency", "CNY") != "CNY":
+            raise V3Error(400, "PARAM_ERROR", "amount.currency只支持CNY")
+        notify_url = str(payload.get("notify_url") or "")
+        if notify_url and not notify_url.startswith(("http://", "https://")):
+            raise V3Error(400, "PARAM_ERROR", "notify_url格式错误")
+        refund = self.sim.refunds.apply(
+            api=V3, out_refund_no=out_refund_no, total_fee=amount["total"], refund_fee=amount["refund"],
+            out_trade_no=str(payload.get("out_trade_no") or ""),
+            transaction_id=str(payload.get("transaction_id") or ""), notify_url=notify_url,
+            reason=str(payload.get("reason") or ""))
+        return 200, v3_messages.refund(refund)
+
+
+class RefundQueryHandler(V3Handler):
+    """``GET /v3/refund/domestic/refunds/{out_refund_no}``."""
+
+    async def get(self, out_refund_no: str) -> None:
+        await self._serve(self._query, out_refund_no)
+
+    def _query(self, out_refund_no: str) -> tuple[int, dict[str, Any]]:
+        return 200, v3_messages.refund(self.sim.trades.get_refund(out_refund_no))
+
+
 class CertificatesHandler(V3Handler):
     """``GET /v3/certificates``: the platform certificates, encrypted with the APIv3 key."""
 
@@ -240,4 +295,6 @@ def routes(prefix: str, sim: Simulated) -> list[tornado.web.URLSpec]:
         tornado.web.url(p + "/v3/pay/transactions/out-trade-no/" + no, QueryHandler, args),
         tornado.web.url(p + "/v3/pay/transactions/out-trade-no/" + no + "/close", CloseHandler, args),
         tornado.web.url(p + "/v3/certificates", CertificatesHandler, args),
+        tornado.web.url(p + "/v3/refund/domestic/refunds", RefundsHandler, args),
+        tornado.web.url(p + r"/v3/refund/domestic/refunds/([A-Za-z0-9_\-|*@]{1,64})", RefundQueryHandler, args),
     ]
