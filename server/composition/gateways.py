@@ -39,21 +39,23 @@ class Gateway:
 
 
 def build_gateway(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
-    tls = _tls(settings)
-    v2 = None
-    if settings.wxpay_key:
-        merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key,
-                            settings.wxpay_sign_type)
-        v2 = WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant, tls=tls))
-        if settings.wxpay_api == "v2" and tls is not None and not tls.presents_certificate:
-            log.warning("WXPAY_CERT_PATH/WXPAY_PRIVATE_KEY_PATH unset: refunds over %s will be refused "
-                        "(secapi/pay/refund needs the merchant certificate)", settings.wxpay_api_base)
     if settings.wxpay_api == "v3":
-        built = _v3(settings, http, tls)
-        built.v2_notices = v2
+        # The v3 key material is checked first: its errors say which file is
+        # wrong, where loading the TLS pair could only say "mismatch".
+        built = _v3(settings, http)
+        built.v2_notices = _v2(settings, http, _tls(settings)) if settings.wxpay_key else None
         return built
-    assert v2 is not None  # settings require the v2 key for WXPAY_API=v2
+    tls = _tls(settings)
+    if tls is not None and not tls.presents_certificate:
+        log.warning("WXPAY_CERT_PATH/WXPAY_PRIVATE_KEY_PATH unset: refunds over %s will be refused "
+                    "(secapi/pay/refund needs the merchant certificate)", settings.wxpay_api_base)
+    v2 = _v2(settings, http, tls)
     return Gateway(v2, v2_notices=v2)
+
+
+def _v2(settings: Settings, http: aiohttp.ClientSession, tls: ClientTLS | None) -> WxPayV2Gateway:
+    merchant = Merchant(settings.wxpay_appid, settings.wxpay_mch_id, settings.wxpay_key, settings.wxpay_sign_type)
+    return WxPayV2Gateway(WxPayClient(http, settings.wxpay_api_base, merchant, tls=tls))
 
 
 def _tls(settings: Settings) -> ClientTLS | None:
@@ -79,7 +81,7 @@ def _read(path: str, setting: str) -> bytes:
         raise ConfigError(f"{setting} {path!r} cannot be read ({exc.strerror}): point it at the file") from None
 
 
-def _v3(settings: Settings, http: aiohttp.ClientSession, tls: ClientTLS | None) -> Gateway:
+def _v3(settings: Settings, http: aiohttp.ClientSession) -> Gateway:
     simulator_v3 = None
     certificates_dir = settings.var_dir / "wxpay_v3_certificates"
     if settings.sandbox:
@@ -120,6 +122,7 @@ def _v3(settings: Settings, http: aiohttp.ClientSession, tls: ClientTLS | None) 
                             min_fetch_interval=0.0 if settings.sandbox else MIN_FETCH_INTERVAL)
     except crypto.CredentialError as exc:
         raise ConfigError(str(exc)) from None
+    tls = _tls(settings)
     client = WxPayV3Client(http, settings.wxpay_api_base, settings.wxpay_mch_id, settings.wxpay_appid, serial,
                            private_key, settings.wxpay_apiv3_key, verifier,
                            tls=tls.context if tls is not None else None)

@@ -22,7 +22,6 @@ from server.gateway.errors import NotifyRejected, WxPayBadResponse
 from server.gateway.wxpay_v2 import refund_notify, refunds, signing, xmlcodec
 from server.gateway.wxpay_v2.client import WxPayClient, parse_wx_time
 
-
 # An amount in fen: ASCII digits only (str.isdigit() takes "²", which int() refuses).
 FEN = re.compile(r"[0-9]{1,12}")
 
