@@ -172,7 +172,11 @@ class Orders:
         WeChat transaction id (exact), from before a (created_at, id) cursor."""
         condition: dict[str, Any] = {"status": status if status in VISIBLE else {"$in": list(VISIBLE)}}
         if query:
-            condition["$or"] = [{"_id": query}, {"transaction_id": query}]
+            # Two exact look-ups rather than one $or (see README, "nx-27017").
+            found = [o for field in ("_id", "transaction_id")
+                     for o in await self.store.orders.find({**condition, field: query}).to_list(limit)]
+            unique = {o["_id"]: o for o in found}
+            return sorted(unique.values(), key=lambda o: (o["created_at"], o["_id"]), reverse=True)[:limit]
         if before is not None:
             at, order_id = before
             condition = {"$and": [condition, {"$or": [{"created_at": {"$lt": at}},

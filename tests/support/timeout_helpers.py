@@ -25,8 +25,10 @@ async def final_order(shopper: Shopper, order_id: str, within: float = 20.0) -> 
 
 async def stock_total(services: Services) -> dict[str, int]:
     """Per SKU: on hand + held by orders not yet paid + sold to paid orders
-    (a paid order's hold is its sale until it is settled, so it counts once)."""
-    paid: dict[str, dict[str, Any]] = {o["_id"]: o async for o in services.store.orders.find({"status": "paid"})}
+    (a paid order's hold is its sale until it is settled, so it counts once).
+    A refund gives money back, not stock: a refunded order's items stay sold."""
+    paid: dict[str, dict[str, Any]] = {
+        o["_id"]: o async for o in services.store.orders.find({"status": {"$in": ["paid", "refunded"]}})}
     totals: dict[str, int] = {}
     async for sku in services.store.skus.find({}):
         totals[sku["_id"]] = int(sku["stock"]) + sum(
