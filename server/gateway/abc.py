@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 # WeChat's trade states, the same words in v2 and v3.
 SUCCESS, REFUND, NOTPAY, CLOSED, USERPAYING = "SUCCESS", "REFUND", "NOTPAY", "CLOSED", "USERPAYING"
@@ -100,6 +100,52 @@ class Notice:
     refund: RefundState | None = None
 
 
+# A bill line's kinds: money in (a payment) and money out (a refund).
+BILL_PAYMENT, BILL_REFUND = "payment", "refund"
+
+
+@dataclass(frozen=True)
+class BillLine:
+    """One line of WeChat's daily trade bill (bill_type ALL), amounts in fen.
+
+    A payment line: ``amount`` is what the shopper paid for the trade (v2
+    应结订单金额 / v3 应结订单金额), ``trade_state`` SUCCESS (or REFUND/REVOKED as
+    WeChat prints it). A refund line (交易状态 REFUND with the refund columns
+    filled): ``amount`` is the refund (退款金额), with ``out_refund_no``,
+    ``refund_id`` and ``refund_status`` (SUCCESS, PROCESSING, ...)."""
+
+    kind: str  # BILL_PAYMENT or BILL_REFUND
+    trade_time: dt.datetime  # as printed, Beijing time (tz-aware, +08:00)
+    out_trade_no: str
+    transaction_id: str
+    amount: int
+    trade_state: str
+    fee: int = 0  # WeChat's handling fee on this line, fen
+    out_refund_no: str = ""
+    refund_id: str = ""
+    refund_status: str = ""
+
+
+@dataclass
+class BillSummary:
+    """The bill's own totals (its summary lines), in fen."""
+
+    trades: int = 0  # 总交易单数
+    paid: int = 0  # 应结订单总金额
+    refunded: int = 0  # 退款总金额
+    fees: int = 0  # 手续费总金额
+
+
+@dataclass
+class Bill:
+    """A day's bill, read as it streams: iterate ``lines`` once; ``summary`` is
+    filled when the iteration ends (WeChat prints it after the lines)."""
+
+    date: dt.date
+    lines: AsyncIterator[BillLine]
+    summary: BillSummary = field(default_factory=BillSummary)
+
+
 class PaymentGateway(abc.ABC):
     @abc.abstractmethod
     async def create_native(self, order: NativeOrder) -> NativeCheckout:
@@ -131,3 +177,8 @@ class PaymentGateway(abc.ABC):
     @abc.abstractmethod
     def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
         """Parse, verify and decrypt a refund notify; raises NotifyRejected."""
+
+    @abc.abstractmethod
+    async def download_bill(self, date: dt.date) -> Bill:
+        """The trade bill (ALL) of a Beijing-time day. Raises BillNotReady when
+        WeChat has none for that day (yet), GatewayError otherwise."""

@@ -47,6 +47,11 @@ class RefundNotFound(GatewayError):
     """WeChat has no refund with this out_refund_no."""
 
 
+class BillNotReady(GatewayError):
+    """WeChat has no bill for that day: not published yet (bills come the next
+    morning), or a day with no trade at all ("No Bill Exist")."""
+
+
 class GatewayUnavailable(GatewayError):
     """Unreachable, a system error, a rate limit or an answer we cannot trust:
     the same call can succeed later."""

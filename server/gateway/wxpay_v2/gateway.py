@@ -3,12 +3,14 @@ HMAC-SHA256 signatures under the API key (client.py does the calls)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import time
 from collections.abc import Mapping
 
 from server.gateway.abc import (
     PAID_STATES,
+    Bill,
     NativeCheckout,
     NativeOrder,
     Notice,
@@ -105,3 +107,6 @@ class WxPayV2Gateway(PaymentGateway):
     def read_refund_notify(self, body: bytes, headers: Mapping[str, str]) -> RefundState:
         m = self.client.merchant
         return refund_notify.read(body, appid=m.appid, mch_id=m.mch_id, api_key=m.key)
+
+    async def download_bill(self, date: dt.date) -> Bill:  # reconciliation (issue 14): being built
+        raise NotImplementedError

@@ -9,6 +9,7 @@ conditional update), so a nonce cache would add state and change nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from server.gateway.abc import (
     PAID_STATES,
     SUCCESS,
+    Bill,
     NativeCheckout,
     NativeOrder,
     Notice,
@@ -167,3 +169,6 @@ class WxPayV3Gateway(PaymentGateway):
 
     async def query_refund(self, out_refund_no: str) -> RefundState:
         return refunds.from_answer(await self.client.query_refund(out_refund_no), out_refund_no)
+
+    async def download_bill(self, date: dt.date) -> Bill:  # reconciliation (issue 14): being built
+        raise NotImplementedError
