@@ -27,6 +27,9 @@ def order_json(order: dict[str, Any], with_logs: bool = False) -> dict[str, Any]
     if with_logs:
         out["logs"] = [{"kind": e["kind"], "who": e["who"], "remarks": e.get("remarks", ""),
                         "at": _iso(e["at"])} for e in order_logs(order)]
+        # Each event as it went out on paynotify to the pages (RabbitMQ confirmed it).
+        out["pushes"] = [{"event": kind, "at": _iso(at)}
+                         for kind, at in sorted((order.get("published") or {}).items(), key=lambda p: p[1])]
     return out
 
 

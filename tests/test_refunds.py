@@ -94,6 +94,11 @@ async def wechat_refund(shopper: Shopper, out_refund_no: str) -> dict[str, Any]:
     return dict(view)
 
 
+async def _pushes(operator: Shopper, order_id: str) -> list[dict[str, Any]] | None:
+    pushes = (await operator.get_order(order_id))["pushes"]
+    return pushes if len(pushes) == 2 else None
+
+
 def refund_of(order: dict[str, Any], out_refund_no: str) -> dict[str, Any]:
     [r] = [r for r in order["refunds"] if r["out_refund_no"] == out_refund_no]
     return dict(r)
@@ -127,6 +132,8 @@ async def test_partial_then_full_refund_reaches_success_and_the_page_hears_refun
     assert (event["type"], event["status"]) == ("refunded", "refunded")
     kinds = [e["kind"] for e in after["logs"]]
     assert kinds.count("refunded") == 1 and f"refund_success_{rest['out_refund_no']}" in kinds
+    pushed = await eventually(lambda: _pushes(operator, order["id"]), message="both events' publish recorded")
+    assert [p["event"] for p in pushed] == ["paid", "refunded"]
     # The shopper sees it too, on their own order.
     mine = await shopper.get_order(order["id"])
     assert mine["status"] == "refunded" and len(mine["refunds"]) == 2

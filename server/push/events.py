@@ -130,10 +130,13 @@ class OrderEvents:
                     await self.store.orders.update_many({"_id": {"$in": ids}, "pending_event": kind},
                                                         {"$set": {"pending_claim_until": 0}})
         try:
+            now = time.time()
             for kind, ids in by_kind(sent).items():
+                # When it went out stays on the order (the operator's timeline), at no extra round trip.
                 await self.store.orders.update_many(
                     {"_id": {"$in": ids}, "pending_event": kind},
-                    {"$unset": {"pending_event": "", "pending_claim_until": "", "pending_claimed_by": ""}})
+                    {"$unset": {"pending_event": "", "pending_claim_until": "", "pending_claimed_by": ""},
+                     "$set": {f"published.{kind}": now}})
         except PyMongoError as exc:
             # Published but still pending: they will be published again (at least once).
             log.warning("%d event(s) published, outbox not cleared: %s", len(sent), exc)

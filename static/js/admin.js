@@ -77,9 +77,12 @@
     }
     const timeline = $("d-timeline");
     timeline.textContent = "";
-    for (const e of o.logs) {
+    const entries = o.logs.map((e) => [e.at, `${e.kind} (${e.who})${e.remarks ? ": " + e.remarks : ""}`])
+      .concat((o.pushes || []).map((p) => [p.at, `pushed "${p.event}" to the shopper's page`]))
+      .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    for (const [at, text] of entries) {
       const li = document.createElement("li");
-      li.textContent = `${e.at} ${e.kind} (${e.who})${e.remarks ? ": " + e.remarks : ""}`;
+      li.textContent = `${at} ${text}`;
       timeline.appendChild(li);
     }
     $("refund-form").hidden = !(o.status === "paid");

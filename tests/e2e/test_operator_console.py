@@ -56,6 +56,7 @@ def test_operator_finds_an_order_and_refunds_part_of_it(page: Page, server: Serv
     expect(page.locator("#d-refunded")).to_have_text("1.50")
     expect(page.locator("#d-timeline")).to_contain_text("one blade was bent")
     expect(page.locator("#d-timeline")).to_contain_text("refund_success_")
+    expect(page.locator("#d-timeline")).to_contain_text('pushed "paid"')
     screenshot(page, "operator-console-refund")
 
     page.fill("#refund-amount", "9999")
