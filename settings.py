@@ -18,6 +18,7 @@ variable to set; secrets never appear in messages or ``repr``.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import ipaddress
 import math
 import os
@@ -164,6 +165,14 @@ def whole_seconds(name: str, value: str) -> tuple[int, ...]:
     if not delays or min(delays) < 1:
         raise ConfigError(f"{name} must be whole seconds >= 1, comma-separated, got {value!r}")
     return delays
+
+
+def clock_time(name: str, value: str) -> dt.time:
+    """``HH:MM``, 24-hour."""
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
+    if not match:
+        raise ConfigError(f"{name} must be a time of day as HH:MM (24-hour), got {value!r}")
+    return dt.time(int(match.group(1)), int(match.group(2)))
 
 
 def name_like(pattern: re.Pattern[str], what: str) -> Parse:
@@ -352,6 +361,9 @@ class Settings:
     timeout_retry_delays: tuple[int, ...] = field(metadata=setting(
         "TIMEOUT_RETRY_DELAYS", whole_seconds, "5,30,120,600",
         "seconds between looks at an order that is not final yet"))
+    reconcile_at: dt.time = field(metadata=setting(
+        "RECONCILE_AT", clock_time, "10:00",
+        "daily reconciliation with WeChat's bill of the day before, Beijing time (bills come out in the morning)"))
     refund_check_delays: tuple[int, ...] = field(metadata=setting(
         "REFUND_CHECK_DELAYS", whole_seconds, "60,300,1800,7200",
         "seconds before each look at a refund WeChat has not finished (the last repeats)"))

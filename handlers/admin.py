@@ -93,6 +93,18 @@ class AdminOrdersHandler(OperatorJsonHandler):
                         "next_cursor": encode_cursor(page[-1]) if len(found) > PAGE_SIZE else None})
 
 
+class ReconciliationsHandler(OperatorJsonHandler):
+    """The last reports of the daily reconciliation, newest first."""
+
+    def initialize(self, requests: InFlight, is_operator: IsOperator,  # type: ignore[override]
+                   reports: Callable[[], Awaitable[list[dict[str, Any]]]]) -> None:
+        super().initialize(requests, is_operator)
+        self.reports = reports
+
+    async def get(self) -> None:
+        self.send_json({"reports": [{k: v for k, v in r.items() if k != "_id"} for r in await self.reports()]})
+
+
 class AdminPage(PageHandler):
     """The console: a server-rendered shell; static/js/admin.js fills it from the API above."""
 

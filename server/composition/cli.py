@@ -1,11 +1,13 @@
-"""``paypush`` command line: serve, create-user, simulator."""
+"""``paypush`` command line: serve, create-user, reconcile, simulator."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import getpass
+import json
 import logging
 import signal
 import ssl
@@ -22,6 +24,8 @@ from server.accounts.users import InvalidUser, create_user
 from server.composition.container import open_services
 from server.composition.demo import DEMO_PASSWORD, DEMO_USER
 from server.composition.web import make_app, make_metrics_app, make_simulator_app
+from server.domain.reconciliation import Report, yesterday_in_beijing
+from server.gateway.errors import BillNotReady, GatewayError
 from server.infra import logs
 from server.infra.embedded_mongo import EmbeddedMongo
 from server.infra.store import connect
@@ -187,6 +191,55 @@ async def add_user(settings: settings_mod.Settings, mongo_url: str, name: str, p
         await store.close()
 
 
+def bill_date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date as YYYY-MM-DD: {text!r}") from None
+
+
+async def reconcile(settings: settings_mod.Settings, mongo_url: str, date: dt.date | None, as_json: bool) -> int:
+    """One reconciliation, printed; 0 both sides agree, 1 differences left for a person, 2 could not run."""
+    try:
+        services = await open_services(settings, mongo_url)
+    except Exception as exc:  # whatever keeps it from starting: it did not run
+        print(f"paypush: reconcile could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = await services.reconciler.run(date or yesterday_in_beijing())
+    except GatewayError as exc:
+        print(f"paypush: reconcile: {exc}" + (" (WeChat publishes a day's bill the next morning)"
+                                              if isinstance(exc, BillNotReady) else ""), file=sys.stderr)
+        return 2
+    finally:
+        await services.close(within=5.0)
+    if as_json:
+        print(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
+    else:
+        print(render_report(report))
+    return 0 if report.agrees else 1
+
+
+def render_report(report: Report) -> str:
+    w, s, o = report.wechat, report.wechat_summary, report.ours
+    lines = [f"reconciliation of {report.date} (WeChat's bill, Beijing time)",
+             f"  WeChat: {w.payments} payments {yuan(w.paid)}, {w.refunds} refunds {yuan(w.refunded)}, "
+             f"fees {yuan(w.fees)}  (its summary: {s.payments} trades, {yuan(s.paid)} paid, "
+             f"{yuan(s.refunded)} refunded, {yuan(s.fees)} fees)",
+             f"  ours:   {o.payments} payments {yuan(o.paid)}, {o.refunds} refunds {yuan(o.refunded)}",
+             f"  fixed: {len(report.fixed)}"]
+    lines += [f"    {f.kind} {f.out_trade_no} {f.out_refund_no}: {f.detail}".rstrip() for f in report.fixed]
+    lines.append(f"  differences left for a person: {len(report.mismatches)}")
+    lines += [f"    {f.kind} {f.out_trade_no} {f.out_refund_no}: {f.detail} (WeChat {f.wechat_amount}, "
+              f"ours {f.our_amount})" for f in report.mismatches]
+    lines.append("  both sides agree" if report.agrees else "  DIFFERENCES REMAIN")
+    return "\n".join(lines)
+
+
+def yuan(fen: int) -> str:
+    return f"¥{fen // 100}.{fen % 100:02d}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paypush", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     user.add_argument("--replace", action="store_true", help="reset the password of an existing user")
     user.add_argument("--operator", action="store_true",
                       help="an operator: sees every order, refunds (with --replace: promote)")
+    rec = sub.add_parser("reconcile", help="compare WeChat's daily bill with our orders and refunds")
+    rec.add_argument("--date", type=bill_date, help="the bill's day, YYYY-MM-DD, Beijing time (default: yesterday)")
+    rec.add_argument("--json", action="store_true", help="one JSON document instead of the summary")
     sim = sub.add_parser("simulator", help="run the WeChat Pay simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8899)
@@ -225,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                 created = asyncio.run(add_user(settings, url, args.name, password, args.replace, args.operator))
             role = " (operator)" if args.operator else ""
             print(f"user {args.name}{role} {'created' if created else 'password replaced'}")
+        elif args.command == "reconcile":
+            with mongo_url_for(settings) as (url, _):
+                return asyncio.run(reconcile(settings, url, args.date, args.json))
         elif args.command == "simulator":
             tls_args = (args.tls_cert, args.tls_key, args.client_ca)
             if any(tls_args) and not all(tls_args):

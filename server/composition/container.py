@@ -20,6 +20,7 @@ from server.composition import demo
 from server.composition.gateways import Gateway, build_gateway
 from server.domain.orders import Orders
 from server.domain.payments import Payments
+from server.domain.reconciliation import Reconciler
 from server.domain.refunds import Refunds
 from server.domain.timeouts import Timeouts
 from server.infra import store as store_mod
@@ -37,7 +38,7 @@ from server.push.routes import PushRoutes, ws_base
 from server.push.tokens import PushTokens
 from server.simulator.app import Simulator
 from settings import Settings
-from workers import active_query, order_timeout, outbox, paynotify_bridge, refund_check, sweeper
+from workers import active_query, daily_reconciliation, order_timeout, outbox, paynotify_bridge, refund_check, sweeper
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Services:
 
     def __post_init__(self) -> None:
         self.roles = Roles(self.store)
+        self.reconciler = Reconciler(self.store, self.orders, self.payments, self.refunds, self.payments.gateway)
+        self.reconcile_stats = daily_reconciliation.Outcome()
         self._wire_hooks()
         self._expose_metrics()
         self.probes = Probes(self.store, self.bus, self.metrics, self.embedded_mongo, self.events.backlog)
@@ -104,6 +107,12 @@ class Services:
                        lambda: dict(self.timeout_stats))
         m.counter_from("paypush_refund_checks", "Refund check messages by outcome", "outcome",
                        lambda: dict(self.refund_stats))
+        m.gauge("paypush_reconcile_last_agreed_timestamp", "When the last reconciliation found both sides agreeing",
+                lambda: self.reconcile_stats.last_agreed)
+        m.gauge("paypush_reconcile_mismatches", "Differences left for a person by the last reconciliation",
+                lambda: self.reconcile_stats.mismatches)
+        m.counter_from("paypush_reconcile_runs", "Reconciliation runs by outcome", "outcome",
+                       lambda: dict(self.reconcile_stats.runs))
         m.counter_from("paypush_logins", "Login attempts by outcome (ok, failed, refused, busy)", "outcome",
                        lambda: dict(self.login_throttle.outcomes))
 
@@ -132,6 +141,9 @@ class Services:
                                          cfg.sweep_grace_seconds, 2 * max(cfg.refund_check_delays), stop,
                                          self.passes), name="sweeper"),
             loop.create_task(active_query.run(active, stop, self.passes), name="active-query"),
+            loop.create_task(daily_reconciliation.run(self.reconciler, self.store, cfg.reconcile_at,
+                                                      self.reconcile_stats, stop, self.passes),
+                             name="reconciliation"),
         ]
         self._keep_alive = loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive")
         if self.gateway is not None and self.gateway.background is not None:

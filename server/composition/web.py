@@ -110,6 +110,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         tornado.web.url(r"/api/orders/([^/]{1,64})/refunds", admin.RefundsHandler,
                         {**operators, "refunds": services.refunds}),
         tornado.web.url(r"/api/admin/orders", admin.AdminOrdersHandler, {**operators, "orders": services.orders}),
+        tornado.web.url(r"/api/admin/reconciliations", admin.ReconciliationsHandler,
+                        {**operators, "reports": services.reconciler.reports}),
         tornado.web.url(r"/admin", admin.AdminPage, {**page, "is_operator": is_operator}, name="admin"),
         tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler,
                         {"requests": requests, "payments": services.payments}),

@@ -22,6 +22,7 @@ never got it) until the refund is final.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 import logging
@@ -73,6 +74,14 @@ class RefundChecks(Protocol):
 class Check(enum.Enum):
     FINAL = "final"  # nothing more to do
     AGAIN = "again"  # still processing, or WeChat could not be asked: look again later
+
+
+BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
+
+def bill_day(at: float) -> str:
+    """The Beijing-time day of an instant, as WeChat's bill dates it (yyyymmdd)."""
+    return dt.datetime.fromtimestamp(at, BEIJING).strftime("%Y%m%d")
 
 
 def new_refund_no() -> str:
@@ -268,6 +277,8 @@ class Refunds:
             {"_id": order["_id"], f"refunds.{no}.status": REFUND_PROCESSING, f"refunds.{no}.amount": amount},
             {"$set": {f"refunds.{no}.status": state.status, f"refunds.{no}.success_time": state.success_time,
                       f"refunds.{no}.refund_id": state.refund_id or None,
+                      # The Beijing day it ended: reconciliation finds the day's refunds by it.
+                      f"refund_days.{bill_day(state.success_time or time.time())}": True,
                       **log_entry(f"refund_{state.status}_{no}", "system", f"{amount} fen, found by {found_by}")},
              "$inc": inc},
             return_document=ReturnDocument.AFTER)
@@ -292,6 +303,46 @@ class Refunds:
             return None
         return await self._finish(order, RefundState(no, order_id, "", int(refund["amount"]), REFUND_CLOSED),
                                   f"WeChat's refusal ({why[:100]})")
+
+    async def record_made_elsewhere(self, order_id: str, state: RefundState) -> dict[str, Any] | None:
+        """A refund WeChat has and we do not (made by hand in the merchant
+        platform, found in the bill): recorded as it stands there, within
+        what the order may still give back. None when it does not fit (a
+        person must look) or it is known already."""
+        order = await self.orders.get(order_id)
+        if order is None or order["status"] not in PAID_FOR:
+            return None
+        if state.out_refund_no in (order.get("refunds") or {}):
+            return order
+        if "refund_reserved" not in order:  # the condition needs it (no $or: README, "nx-27017")
+            await self.store.orders.update_one({"_id": order_id, "refund_reserved": {"$exists": False}},
+                                               {"$set": {"refund_reserved": 0}})
+        pay_money, no, amount = int(order["pay_money"]), state.out_refund_no, state.amount
+        holds = state.status != REFUND_CLOSED
+        inc: dict[str, int] = {"refund_reserved": amount if holds else 0,
+                               "refunded": amount if state.status == REFUND_SUCCESS else 0,
+                               "refunds_open": 1 if state.status == REFUND_PROCESSING else 0}
+        when = state.success_time or time.time()
+        done = await self.store.orders.find_one_and_update(
+            {"_id": order_id, "status": PAID, "pay_money": pay_money, f"refunds.{no}": {"$exists": False},
+             "refund_reserved": {"$lte": pay_money - (amount if holds else 0)}},
+            {"$set": {f"refunds.{no}": {**self._new_refund(amount, "made at WeChat, found in its bill",
+                                                           "reconciliation"),
+                                        "status": state.status, "success_time": state.success_time,
+                                        "refund_id": state.refund_id or None, "elsewhere": True},
+                      f"refund_days.{bill_day(when)}": True,
+                      **log_entry(f"refund_{no}", "reconciliation",
+                                  f"{amount} fen refunded at WeChat ({state.status}), found in its bill")},
+             "$inc": inc},
+            return_document=ReturnDocument.AFTER)
+        if done is None:
+            return None
+        log.warning("order %s: refund %s of %d fen made at WeChat recorded from its bill", order_id, no, amount)
+        if state.status == REFUND_PROCESSING:
+            await self._schedule_check(order_id, no, 1)
+        if int(done.get("refunded", 0)) == pay_money:
+            return await self.orders.mark_refunded(order_id, pay_money) or done
+        return done
 
     # -- notifies and checks -----------------------------------------------------------
 

@@ -38,6 +38,11 @@ class Store:
     def meta(self) -> AsyncCollection:
         return self.db["meta"]
 
+    @property
+    def reconciliations(self) -> AsyncCollection:
+        """One report per bill date (``_id`` yyyy-mm-dd): the last run's."""
+        return self.db["reconciliations"]
+
     async def ping(self) -> None:
         await self.db.command("ping")
 
@@ -65,6 +70,7 @@ async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("pending_event", ASCENDING)], sparse=True)
     await store.orders.create_index([("refunds_open", ASCENDING)], sparse=True)  # the refund backstop
     await store.orders.create_index([("transaction_id", ASCENDING)], sparse=True)  # operators' search
+    await store.orders.create_index([("pay_time", ASCENDING)], sparse=True)  # reconciliation: a day's payments
 
 
 async def deployment_id(store: Store) -> str:

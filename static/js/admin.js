@@ -135,8 +135,30 @@
     openOrder(current);
   });
 
+  async function loadReports() {
+    try {
+      const { reports } = await api.call("GET", "/api/admin/reconciliations");
+      const body = $("reports").querySelector("tbody");
+      body.textContent = "";
+      for (const r of reports) {
+        const tr = document.createElement("tr");
+        tr.dataset.date = r.date;
+        cell(tr, r.date);
+        cell(tr, r.agrees ? "agrees" : "differences", "outcome");
+        cell(tr, api.yuan(r.wechat.paid), "num");
+        cell(tr, api.yuan(r.ours.paid), "num");
+        cell(tr, r.fixed.length + (r.fixed_earlier || []).length, "num");
+        cell(tr, r.mismatches.map((m) => `${m.kind} ${m.out_trade_no} ${m.out_refund_no}: ${m.detail}`).join("; "));
+        body.appendChild(tr);
+      }
+    } catch (err) {
+      showError($("list-error"), err);
+    }
+  }
+
   $("filter").addEventListener("submit", (e) => { e.preventDefault(); cursor = null; loadOrders(false); });
   $("more").addEventListener("click", () => loadOrders(true));
   loadOrders(false);
+  loadReports();
   if (location.hash.length > 1) openOrder(decodeURIComponent(location.hash.slice(1)));
 })();
