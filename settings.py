@@ -167,11 +167,13 @@ def whole_seconds(name: str, value: str) -> tuple[int, ...]:
     return delays
 
 
-def clock_time(name: str, value: str) -> dt.time:
-    """``HH:MM``, 24-hour."""
+def clock_time_or_off(name: str, value: str) -> dt.time | None:
+    """``HH:MM``, 24-hour, or ``off``."""
+    if value.strip().lower() == "off":
+        return None
     match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
     if not match:
-        raise ConfigError(f"{name} must be a time of day as HH:MM (24-hour), got {value!r}")
+        raise ConfigError(f"{name} must be a time of day as HH:MM (24-hour) or off, got {value!r}")
     return dt.time(int(match.group(1)), int(match.group(2)))
 
 
@@ -361,9 +363,10 @@ class Settings:
     timeout_retry_delays: tuple[int, ...] = field(metadata=setting(
         "TIMEOUT_RETRY_DELAYS", whole_seconds, "5,30,120,600",
         "seconds between looks at an order that is not final yet"))
-    reconcile_at: dt.time = field(metadata=setting(
-        "RECONCILE_AT", clock_time, "10:00",
-        "daily reconciliation with WeChat's bill of the day before, Beijing time (bills come out in the morning)"))
+    reconcile_at: dt.time | None = field(metadata=setting(
+        "RECONCILE_AT", clock_time_or_off, "10:00",
+        "daily reconciliation with WeChat's bill of the day before, Beijing time (bills come out in the "
+        "morning); `off`: not in this deployment (`paypush reconcile` still works)"))
     refund_check_delays: tuple[int, ...] = field(metadata=setting(
         "REFUND_CHECK_DELAYS", whole_seconds, "60,300,1800,7200",
         "seconds before each look at a refund WeChat has not finished (the last repeats)"))

@@ -214,7 +214,7 @@ class Stack:
         return {**clean, "VAR_DIR": str(self.tmp / "var"), "COOKIE_SECRET": COOKIE_SECRET,
                 "MONGO_URL": self.mongo.url, "MONGO_DB": "bench", "PORT": str(self.port),
                 "WXPAY_API_BASE": f"http://127.0.0.1:{self.sim_port}", "SIM_CLOSE_MIN_AGE_SECONDS": "0",
-                "MAX_SOCKETS_PER_USER": "100000", "MAX_UNPAID_ORDERS_PER_USER": "1000000",
+                "MAX_SOCKETS_PER_USER": "100000", "MAX_UNPAID_ORDERS_PER_USER": "1000000", "RECONCILE_AT": "off",
                 "STOMP_PASSCODE": prepare_broker(),
                 **({"WXPAY_API": "v3", "WXPAY_API_BASE": f"{self.base_url}/sandbox/wxpay"} if self.api == "v3"
                    else {}),

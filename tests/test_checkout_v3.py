@@ -31,7 +31,7 @@ def test_settings(http_port: int, tmp_path: Path, amqp_url: str) -> settings_mod
         "PORT": str(http_port),
         "VAR_DIR": str(tmp_path / "var"),
         "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000",
+        "SIM_NOTIFY_SPEED": "1000", "RECONCILE_AT": "off",
     })
 
 

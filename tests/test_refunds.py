@@ -37,7 +37,7 @@ def test_settings(api: str, http_port: int, tmp_path: Path, amqp_url: str) -> se
         "PORT": str(http_port),
         "VAR_DIR": str(tmp_path / "var"),
         "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000",
+        "SIM_NOTIFY_SPEED": "1000", "RECONCILE_AT": "off",
         # A refund WeChat has not finished is looked at again within a second.
         "REFUND_CHECK_DELAYS": "1,2",
     })

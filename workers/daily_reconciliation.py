@@ -57,10 +57,15 @@ async def reconcile_if_due(reconciler: Reconciler, store: Store, at: dt.time, ou
         return False
     try:
         report = await reconciler.run(date)
-    except (BillNotReady, GatewayError) as exc:
+    except Exception as exc:
+        # Not ready, WeChat or the store failing, or a fault of ours: the day
+        # is not lost, it is tried again (and the fault is in the log).
         kind = "not_ready" if isinstance(exc, BillNotReady) else "failed"
         outcome.runs[kind] += 1
-        log.warning("reconciliation %s: %s (%s); trying again in %d s", date, kind, exc, RETRY_SECONDS)
+        if isinstance(exc, (GatewayError, PyMongoError)):
+            log.warning("reconciliation %s: %s (%s); trying again in %d s", date, kind, exc, RETRY_SECONDS)
+        else:
+            log.exception("reconciliation %s failed; trying again in %d s", date, RETRY_SECONDS)
         await store.meta.update_one({"_id": key}, {"$set": {"claimed_until": 0.0, "next_try": now + RETRY_SECONDS}})
         return True
     outcome.runs["agreed" if report.agrees else "differences"] += 1

@@ -141,10 +141,11 @@ class Services:
                                          cfg.sweep_grace_seconds, 2 * max(cfg.refund_check_delays), stop,
                                          self.passes), name="sweeper"),
             loop.create_task(active_query.run(active, stop, self.passes), name="active-query"),
-            loop.create_task(daily_reconciliation.run(self.reconciler, self.store, cfg.reconcile_at,
-                                                      self.reconcile_stats, stop, self.passes),
-                             name="reconciliation"),
         ]
+        if cfg.reconcile_at is not None:
+            self._workers.append(loop.create_task(daily_reconciliation.run(
+                self.reconciler, self.store, cfg.reconcile_at, self.reconcile_stats, stop, self.passes),
+                name="reconciliation"))
         self._keep_alive = loop.create_task(self.hub.keep_alive(KEEPALIVE_SECONDS), name="keep-alive")
         if self.gateway is not None and self.gateway.background is not None:
             # Cancelled with the keep-alive at close; it holds no work a stop should wait for.

@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_env(var_dir: Path, **extra: str) -> dict[str, str]:
-    """This test run's environment minus anything that would leave sandbox mode."""
+    """This test run's environment minus anything that would leave sandbox mode;
+    no daily reconciliation (a test that wants one runs it)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("WXPAY_", "MONGO_", "SANDBOX"))}
-    return {**clean, "VAR_DIR": str(var_dir), **extra}
+    return {**clean, "VAR_DIR": str(var_dir), "RECONCILE_AT": "off", **extra}
 
 
 def http_status(url: str) -> int | None:
