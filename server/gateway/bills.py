@@ -155,6 +155,8 @@ class BillReader:
         if not raw.strip():
             return None
         self._row_number += 1
+        if "\0" in raw:  # a text file has none; csv would take it
+            raise BadBill(f"{self._where}: row {self._row_number} contains a NUL byte")
         try:
             cells = next(csv.reader((raw,), strict=True))
         except (csv.Error, StopIteration) as exc:
