@@ -7,6 +7,7 @@ Mounted under ``/sandbox/wxpay/`` in sandbox mode, or served on its own by
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import re
@@ -18,6 +19,7 @@ import tornado.web
 
 from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.simulator import refund_messages, v3
+from server.simulator.bills import BillDesk, BillUnavailable
 from server.simulator.notifier import Notifier, NotifyPlan
 from server.simulator.refunds import RefundDesk, RefundKnobs
 from server.simulator.trades import TRADE_STATE_DESC, V2, Trade, TradeBook, TradeError
@@ -43,9 +45,11 @@ class Simulator:
     api_delay: float = 0.0  # test knob: WeChat answering slowly
     v3: V3Keys | None = None  # the v3 face is mounted only with v3 keys
     refunds: RefundDesk = field(init=False)  # both faces' refunds, on the shared book
+    bills: BillDesk = field(init=False)  # both faces' daily bills, from the shared book
 
     def __post_init__(self) -> None:
         self.refunds = RefundDesk(self.trades, self.notifier)
+        self.bills = BillDesk(self.trades, self.appid, self.mch_id)
 
     @classmethod
     def create(cls, session: aiohttp.ClientSession, *, appid: str, mch_id: str, key: str,
@@ -71,7 +75,7 @@ class _SimHandler(tornado.web.RequestHandler):
 
 class MerchantApiHandler(_SimHandler):
     """``/pay/unifiedorder``, ``/pay/orderquery``, ``/pay/closeorder``,
-    ``/secapi/pay/refund``, ``/pay/refundquery``. The refund's mutual TLS is the
+    ``/secapi/pay/refund``, ``/pay/refundquery``, ``/pay/downloadbill``. The refund's mutual TLS is the
     listener's (``paypush simulator --client-ca``), not this handler's."""
 
     def initialize(self, sim: Simulator, action: str) -> None:  # type: ignore[override]
@@ -103,6 +107,8 @@ class MerchantApiHandler(_SimHandler):
         if not signing.verify(request, self.sim.key, default_sign_type=signing.MD5):
             return self._fail("签名错误")
         self.sign_type = request.get("sign_type") or signing.MD5
+        if self.action == "downloadbill":
+            return self._downloadbill(request)
         try:
             result = getattr(self, "_" + self.action)(request)
         except TradeError as exc:
@@ -176,6 +182,28 @@ class MerchantApiHandler(_SimHandler):
             raise TradeError("PARAM_ERROR", "refund_id、out_refund_no、transaction_id、out_trade_no必须填一个")
         return refund_messages.query_answer(book.get(refunds[0].out_trade_no), refunds)
 
+    def _downloadbill(self, request: dict[str, str]) -> None:
+        """Not XML when it succeeds: the bill itself, plain or gzip, unsigned."""
+        try:
+            day = dt.datetime.strptime(request.get("bill_date", ""), "%Y%m%d").date()
+        except ValueError:
+            return self._fail("invalid bill_date")
+        if request.get("bill_type", "ALL") != "ALL":
+            return self._fail("invalid bill_type: the simulator makes ALL bills only")
+        tar_type = request.get("tar_type", "")
+        if tar_type not in ("", "GZIP"):
+            return self._fail("invalid tar_type")
+        try:
+            data = self.sim.bills.bill(day, gzipped=tar_type == "GZIP")
+        except BillUnavailable as exc:
+            self.set_header("Content-Type", "text/xml; charset=utf-8")
+            failure = {"return_code": "FAIL", "return_msg": "Bill Creating"} if exc.creating else \
+                {"return_code": "FAIL", "return_msg": "No Bill Exist", "error_code": "20002"}
+            self.write(xmlcodec.render(failure))
+            return
+        self.set_header("Content-Type", "application/octet-stream" if tar_type else "text/plain; charset=utf-8")
+        self.write(data)
+
     def _reply(self, fields: dict[str, str]) -> None:
         message = {"return_code": "SUCCESS", "return_msg": "OK", "appid": self.sim.appid,
                    "mch_id": self.sim.mch_id, "nonce_str": signing.nonce(), **fields}
@@ -247,7 +275,8 @@ class ControlHandler(_SimHandler):
     the previous one still listed); refunds: ``{"refund": {"outcome": "success" |
     "abnormal" | "closed", "delay": seconds, "systemerror": N, "notify": {"drop",
     "copies", "delay"}}}`` (the next N refund calls fail, the first of them after
-    taking the refund). Answers the state it leaves.
+    taking the refund); bills: ``{"bill": {"not_ready": true}}`` (every bill
+    answers "being made" until set false). Answers the state it leaves.
     """
 
     def post(self) -> None:
@@ -261,6 +290,10 @@ class ControlHandler(_SimHandler):
             if (mode is not None or rotate) and self.sim.v3 is None:
                 raise ValueError
             refund_knobs, systemerrors = RefundKnobs.parse(knobs.get("refund") or {}, self.sim.refunds.knobs)
+            bill_knobs = knobs.get("bill") or {}
+            not_ready = bill_knobs.get("not_ready", self.sim.bills.not_ready)
+            if not isinstance(not_ready, bool) or set(bill_knobs) - {"not_ready"}:
+                raise ValueError(bill_knobs)
             if mode is not None:
                 assert self.sim.v3 is not None
                 self.sim.v3.set_mode(str(mode))
@@ -268,12 +301,15 @@ class ControlHandler(_SimHandler):
             self.set_status(400)
             self.finish({"error": 'expected {"api_delay": 0..60, "v3_mode": "public_key"|"certificate", '
                                   '"v3_rotate": true|false, "refund": {"outcome": "success"|"abnormal"|"closed", '
-                                  '"delay": s, "systemerror": n, "notify": {...}}} (v3 knobs only with v3 keys)'})
+                                  '"delay": s, "systemerror": n, "notify": {...}}, "bill": {"not_ready": true|false}} '
+                                  '(v3 knobs only with v3 keys)'})
             return
         self.sim.api_delay = delay
         self.sim.refunds.set_knobs(refund_knobs, systemerrors)
+        self.sim.bills.not_ready = not_ready
         state: dict[str, Any] = {"api_delay": delay, "refund": {**refund_knobs.as_json(),
-                                                               "systemerror": self.sim.refunds.systemerrors_left}}
+                                                               "systemerror": self.sim.refunds.systemerrors_left},
+                                 "bill": {"not_ready": not_ready}}
         if self.sim.v3 is not None:
             if rotate:
                 self.sim.v3.rotate()
@@ -345,6 +381,7 @@ def routes(prefix: str, sim: Simulator) -> list[tornado.web.URLSpec]:
         tornado.web.url(p + "/pay/closeorder", MerchantApiHandler, {"sim": sim, "action": "closeorder"}),
         tornado.web.url(p + "/secapi/pay/refund", MerchantApiHandler, {"sim": sim, "action": "refund"}),
         tornado.web.url(p + "/pay/refundquery", MerchantApiHandler, {"sim": sim, "action": "refundquery"}),
+        tornado.web.url(p + "/pay/downloadbill", MerchantApiHandler, {"sim": sim, "action": "downloadbill"}),
         tornado.web.url(p + "/phone", PhonePageHandler, {"sim": sim}, name="sim_phone"),
         tornado.web.url(p + "/scan", PhoneJsonHandler, {"sim": sim, "action": "scan"}),
         tornado.web.url(p + "/pay", PhoneJsonHandler, {"sim": sim, "action": "pay"}),

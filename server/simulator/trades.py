@@ -268,6 +268,13 @@ class TradeBook:
                 return refund
         raise TradeError("REFUNDNOTEXIST", "退款订单查询失败")
 
+    def all_trades(self) -> list[Trade]:
+        """Every trade, in the order they were placed (the daily bill reads them)."""
+        return list(self._by_out_trade_no.values())
+
+    def all_refunds(self) -> list[Refund]:
+        return list(self._refunds.values())
+
     def _check_payable(self, trade: Trade) -> None:
         if trade.paid:
             raise TradeError("ORDERPAID", "该订单已支付")

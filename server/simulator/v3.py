@@ -11,6 +11,8 @@ current mode. Trades live in the same TradeBook as v2's.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import hashlib
 import json
 import logging
 import re
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 import tornado.web
 
 from server.simulator import v3_crypto, v3_messages
+from server.simulator.bills import BillDesk, BillUnavailable
 from server.simulator.refunds import RefundDesk
 from server.simulator.trades import V3, TradeBook, TradeError
 from server.simulator.v3_keys import SIGNATURE_TYPE, V3Keys
@@ -57,6 +60,7 @@ class Simulated(Protocol):
     api_delay: float
     v3: V3Keys | None
     refunds: RefundDesk
+    bills: BillDesk
 
 
 class V3Error(Exception):
@@ -286,6 +290,60 @@ class CertificatesHandler(V3Handler):
         return 200, {"data": data}
 
 
+BILL_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+class TradeBillHandler(V3Handler):
+    """``GET /v3/bill/tradebill?bill_date=YYYY-MM-DD&bill_type=ALL[&tar_type=GZIP]``:
+    the file's SHA1 (over the bytes as served) and a download_url valid 30 s."""
+
+    async def get(self) -> None:
+        await self._serve(self._trade_bill)
+
+    def _trade_bill(self) -> tuple[int, dict[str, Any]]:
+        text = self.get_query_argument("bill_date", "")
+        try:
+            day = dt.date.fromisoformat(text) if BILL_DATE.match(text) else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise V3Error(400, "PARAM_ERROR", "bill_date格式错误(yyyy-MM-DD)")
+        if self.get_query_argument("bill_type", "ALL") != "ALL":
+            raise V3Error(400, "PARAM_ERROR", "the simulator makes ALL bills only")
+        tar_type = self.get_query_argument("tar_type", "")
+        if tar_type not in ("", "GZIP"):
+            raise V3Error(400, "PARAM_ERROR", "tar_type只支持GZIP")
+        try:
+            data = self.sim.bills.bill(day, gzipped=tar_type == "GZIP")
+        except BillUnavailable as exc:
+            if exc.creating:
+                raise V3Error(400, "STATEMENT_CREATING", "账单生成中") from None
+            raise V3Error(400, "NO_STATEMENT_EXIST", "请求的账单文件不存在") from None
+        token = self.sim.bills.offer(data)
+        url = f"{self.request.protocol}://{self.request.host}{self.prefix}/v3/billdownload/file?token={token}"
+        if tar_type:
+            url += "&tartype=gzip"  # as WeChat's own URLs say it
+        return 200, {"hash_type": "SHA1", "hash_value": hashlib.sha1(data, usedforsecurity=False).hexdigest(),
+                     "download_url": url}
+
+
+class BillFileHandler(V3Handler):
+    """``GET /v3/billdownload/file?token=``: the merchant's request is checked as
+    any other, the file comes back unsigned (WeChat signs no download)."""
+
+    async def get(self) -> None:
+        try:
+            self._authenticate()
+            data = self.sim.bills.fetch(self.get_query_argument("token", ""))
+            if data is None:
+                raise V3Error(400, "INVALID_REQUEST", "下载链接已失效")
+        except V3Error as exc:
+            self._answer(exc.status, {"code": exc.code, "message": exc.message})
+            return
+        self.set_header("Content-Type", "application/octet-stream")
+        self.finish(data)
+
+
 def routes(prefix: str, sim: Simulated) -> list[tornado.web.URLSpec]:
     p = prefix.rstrip("/")
     args = {"sim": sim, "prefix": p}
@@ -297,4 +355,6 @@ def routes(prefix: str, sim: Simulated) -> list[tornado.web.URLSpec]:
         tornado.web.url(p + "/v3/certificates", CertificatesHandler, args),
         tornado.web.url(p + "/v3/refund/domestic/refunds", RefundsHandler, args),
         tornado.web.url(p + r"/v3/refund/domestic/refunds/([A-Za-z0-9_\-|*@]{1,64})", RefundQueryHandler, args),
+        tornado.web.url(p + "/v3/bill/tradebill", TradeBillHandler, args),
+        tornado.web.url(p + "/v3/billdownload/file", BillFileHandler, args),
     ]

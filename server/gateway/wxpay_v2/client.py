@@ -10,9 +10,11 @@ and the CAs trusted for the API base.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -24,6 +26,8 @@ from server.gateway.wxpay_v2.tls import ClientTLS
 log = logging.getLogger(__name__)
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
+# A day's bill can be large: no cap on the whole exchange, only on silence.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 
 def wx_time(when: dt.datetime) -> str:
@@ -101,17 +105,31 @@ class WxPayClient:
         """The refund as WeChat sees it, as ``refund_status_0`` and friends."""
         return await self._call("/pay/refundquery", {"out_refund_no": out_refund_no}, refund=True)
 
+    @contextlib.asynccontextmanager
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST a signed request whose answer is not the usual signed XML (downloadbill
+        answers the bill itself): the open response, read as it comes. aiohttp's
+        errors are the caller's to map."""
+        async with self._session.post(self._api_base + path, data=self._signed_body(params),
+                                      headers={"Content-Type": "text/xml; charset=utf-8"},
+                                      timeout=STREAM_TIMEOUT, ssl=self._ssl()) as resp:
+            yield resp
+
+    def _signed_body(self, params: dict[str, str]) -> bytes:
+        m = self.merchant
+        return xmlcodec.render(signing.signed(
+            {"appid": m.appid, "mch_id": m.mch_id, "nonce_str": signing.nonce(), **params}, m.key, m.sign_type))
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        return self._tls.context if self._tls is not None and self._https else True
+
     async def _call(self, path: str, params: dict[str, str], *, refund: bool = False) -> dict[str, str]:
         m = self.merchant
-        request = signing.signed(
-            {"appid": m.appid, "mch_id": m.mch_id, "nonce_str": signing.nonce(), **params},
-            m.key, m.sign_type)
         url = self._api_base + path
-        tls: ssl.SSLContext | bool = self._tls.context if self._tls is not None and self._https else True
         try:
-            async with self._session.post(url, data=xmlcodec.render(request),
+            async with self._session.post(url, data=self._signed_body(params),
                                           headers={"Content-Type": "text/xml; charset=utf-8"},
-                                          timeout=self._timeout, ssl=tls) as resp:
+                                          timeout=self._timeout, ssl=self._ssl()) as resp:
                 if resp.status != 200:
                     raise WxPayUnreachable(f"{path} answered HTTP {resp.status}")
                 body = await resp.content.read(1 << 20)

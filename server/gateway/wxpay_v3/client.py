@@ -12,11 +12,12 @@ asking again later is always safe.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from yarl import URL
 
 from server.gateway.errors import (
+    BillNotReady,
     CloseTooEarly,
     GatewayError,
     GatewayUnavailable,
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 MAX_ANSWER = 1 << 20
+# A day's bill can be large: no cap on the whole download, only on silence.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 _KINDS: dict[str, type[GatewayError]] = {
     "ORDER_NOT_EXIST": TradeNotFound,
@@ -74,6 +78,10 @@ REFUND_KINDS: dict[str, type[GatewayError]] = {
 }
 # A refund query's RESOURCE_NOT_EXISTS: no refund with this out_refund_no.
 REFUND_QUERY_KINDS: dict[str, type[GatewayError]] = {**_KINDS, "RESOURCE_NOT_EXISTS": RefundNotFound}
+# The bill calls: no bill for the day (no trade, or not yet) and a bill still
+# being made (WeChat makes yesterday's from 9:00) are both "not ready".
+BILL_KINDS: dict[str, type[GatewayError]] = {**_KINDS, "NO_STATEMENT_EXIST": BillNotReady,
+                                             "STATEMENT_CREATING": BillNotReady}
 
 
 def rfc3339(when: dt.datetime) -> str:
@@ -160,6 +168,29 @@ class WxPayV3Client:
         return await self._call("GET", f"/v3/refund/domestic/refunds/{quote(out_refund_no, safe='')}",
                                 kinds=REFUND_QUERY_KINDS)
 
+    async def trade_bill(self, bill_date: dt.date, *, gzip: bool) -> dict[str, Any]:
+        """``GET /v3/bill/tradebill`` (ALL): ``{"hash_type", "hash_value", "download_url"}``."""
+        query = f"bill_date={bill_date.isoformat()}&bill_type=ALL" + ("&tar_type=GZIP" if gzip else "")
+        return await self._call("GET", f"/v3/bill/tradebill?{query}", kinds=BILL_KINDS)
+
+    @contextlib.asynccontextmanager
+    async def open_download(self, download_url: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """GET a ``download_url`` WeChat handed out, signed like any call; the
+        answer is the file, which WeChat does not sign (its hash was in the
+        signed answer that named the URL). Only on the API's own host: our
+        signed request goes nowhere else. aiohttp's errors are the caller's."""
+        target, base = URL(download_url, encoded=True), URL(self._api_base)
+        if not target.is_absolute() or (target.scheme, target.host, target.port) != (base.scheme, base.host,
+                                                                                      base.port):
+            raise GatewayUnavailable("BAD_RESPONSE", f"download_url {download_url[:80]!r} is not on {base.host}")
+        signed_path = target.raw_path_qs
+        async with self._session.get(target, headers=self._headers("GET", signed_path, b""),
+                                     timeout=STREAM_TIMEOUT, ssl=self._tls) as resp:
+            if not 200 <= resp.status < 300:
+                raise await self._error("GET download_url", resp.status, await resp.content.read(MAX_ANSWER),
+                                        resp.headers, _KINDS)
+            yield resp
+
     async def download_certificates(self) -> list[x509.Certificate]:
         """The platform certificates ``/v3/certificates`` lists, decrypted with
         the APIv3 key (which only WeChat and we hold), the answer verified under
@@ -204,11 +235,7 @@ class WxPayV3Client:
                         kinds: Mapping[str, type[GatewayError]] = _KINDS) -> tuple[bytes, Mapping[str, str]]:
         """Send one signed request; the 2xx answer's raw body and headers, or the typed error."""
         body = b"" if payload is None else json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {
-            "Authorization": crypto.authorization(self.mchid, self.serial, self._private_key, method, path, body),
-            "Accept": "application/json",
-            "User-Agent": "paypush",
-        }
+        headers = self._headers(method, path, body)
         if payload is not None:
             headers["Content-Type"] = "application/json"
         serial = self.verifier.request_serial()
@@ -226,6 +253,13 @@ class WxPayV3Client:
         if 200 <= status < 300:
             return raw, answer_headers
         raise await self._error(where, status, raw, answer_headers, kinds)
+
+    def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        return {
+            "Authorization": crypto.authorization(self.mchid, self.serial, self._private_key, method, path, body),
+            "Accept": "application/json",
+            "User-Agent": "paypush",
+        }
 
     async def _error(self, where: str, status: int, raw: bytes, headers: Mapping[str, str],
                      kinds: Mapping[str, type[GatewayError]]) -> GatewayError:
