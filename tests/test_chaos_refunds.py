@@ -37,7 +37,8 @@ def test_settings(request: pytest.FixtureRequest, http_port: int, tmp_path: Path
     return settings_mod.from_environ({
         "WXPAY_API": request.param, "AMQP_URL": amqp_url, "PORT": str(http_port),
         "VAR_DIR": str(tmp_path / "var"), "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000", "RECONCILE_AT": "off", "REFUND_CHECK_DELAYS": "1,2", "MAX_UNPAID_ORDERS_PER_USER": "1000"})
+        "SIM_NOTIFY_SPEED": "1000", "RECONCILE_AT": "off", "REFUND_CHECK_DELAYS": "1,2",
+        "MAX_UNPAID_ORDERS_PER_USER": "1000"})
 
 
 @pytest.fixture

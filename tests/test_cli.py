@@ -255,3 +255,47 @@ async def test_create_user_operator_and_promotion_while_serving(env: dict[str, s
         await sam.close()
     finally:
         assert server.stop() == 0, server.output
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_reconcile_exit_codes_and_json(env: dict[str, str], mongo_url: str) -> None:
+    import datetime as dt
+    import uuid
+
+    from pymongo import AsyncMongoClient
+
+    from server.domain.refunds import BEIJING
+    from tests.support.shopper import Shopper
+
+    db_name = f"rec{uuid.uuid4().hex[:10]}"
+    env = {**env, "MONGO_URL": mongo_url, "MONGO_DB": db_name, "SIM_NOTIFY_SPEED": "1000"}
+    today = dt.datetime.now(BEIJING).date().isoformat()
+    bad = paypush("reconcile", "--date", "2026-13-45", env=env)
+    assert bad.returncode == 2 and "YYYY-MM-DD" in bad.stderr
+    server = ServerProcess(env, port=int(env["PORT"])).start()
+    try:
+        none_yet = paypush("reconcile", "--date", today, env=env)
+        assert none_yet.returncode == 2, none_yet.stderr
+        assert "next morning" in none_yet.stderr, "no trade today: WeChat has no bill for it"
+
+        shopper = await Shopper.logged_in(server.base_url, "demo", "demo-pass-123")
+        order = await shopper.order([("tea-longjing", 1)])
+        native = await shopper.create_native(order["id"])
+        assert (await shopper.request("POST", "/sandbox/wxpay/pay", {"code_url": native["code_url"]}))[0] == 200
+        await shopper.close()
+
+        agreed = paypush("reconcile", "--date", today, "--json", env=env)
+        assert agreed.returncode == 0, agreed.stderr
+        doc = json.loads(agreed.stdout)
+        assert doc["date"] == today and doc["mismatches"] == []
+        assert doc["wechat"]["paid"] == doc["ours"]["paid"] == order["pay_money"]
+
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(mongo_url)
+        await client[db_name]["orders"].update_one({"_id": order["id"]}, {"$inc": {"pay_money": 1}})
+        differs = paypush("reconcile", "--date", today, env=env)
+        assert differs.returncode == 1, differs.stderr
+        assert "amount_differs" in differs.stdout and "DIFFERENCES REMAIN" in differs.stdout
+        await client.drop_database(db_name)
+        await client.close()
+    finally:
+        assert server.stop() == 0, server.output

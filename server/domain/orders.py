@@ -263,8 +263,8 @@ class Orders:
             await self.stock.give_back(order)  # finish what a crash may have cut short
         return False, order
 
-    async def mark_paid_after_close(self, order_id: str, transaction_id: str,
-                                    pay_time: float) -> dict[str, Any] | None:
+    async def mark_paid_after_close(self, order_id: str, transaction_id: str, pay_time: float,
+                                    found_by: str = "notify") -> dict[str, Any] | None:
         """closed -> paid: WeChat took the money after we closed (compensation).
 
         The stock given back at the close is taken again, once per SKU, even if
@@ -275,7 +275,8 @@ class Orders:
             {"$set": {"status": PAID, "transaction_id": transaction_id, "pay_time": pay_time,
                       "paid_at": time.time(), "compensated": "paid after close", **outbox_fields(PAID),
                       **log_entry(PAID, "system",
-                                  f"{transaction_id} (paid after close: compensation, stock taken again)")}},
+                                  f"{transaction_id} (paid after close: compensation, stock taken again; "
+                                  f"found by {found_by})")}},
             return_document=ReturnDocument.AFTER)
         if order is not None:
             log.warning("order %s paid after it was closed: compensated", order_id)

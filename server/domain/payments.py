@@ -145,7 +145,7 @@ class Payments:
             raise PaymentNotRecorded(f"total_fee {payment.total_fee} is not the order's {order['pay_money']}")
         if order["status"] == CLOSED:
             # Paid at WeChat after we closed it: the money is real, so is the sale.
-            order = await self.orders.mark_paid_after_close(order_id, transaction_id, payment.paid_at)
+            order = await self.orders.mark_paid_after_close(order_id, transaction_id, payment.paid_at, found_by)
         elif order["status"] == UNPAID:  # lost a race with a transition that then failed
             _, order = await self.orders.mark_paid(order_id, transaction_id, payment.paid_at, remarks)
         if order is None or order["status"] not in PAID_FOR:
