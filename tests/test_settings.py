@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import stat
+import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -243,6 +244,9 @@ def test_every_value_has_its_fields_type(env: dict[str, str], tmp_path: Path) ->
     hints = typing.get_type_hints(settings_mod.Settings)
     for name, _ in settings_mod.table():
         value, hint = getattr(cfg, name), hints[name]
+        if isinstance(hint, types.UnionType):  # X | None: one of them
+            assert isinstance(value, typing.get_args(hint)), (name, value)
+            continue
         assert isinstance(value, typing.get_origin(hint) or hint), (name, value)
         for item in value if isinstance(value, tuple) else ():
             assert isinstance(item, typing.get_args(hint)[0]), (name, item)
@@ -297,3 +301,13 @@ def test_the_readme_table_is_generated_from_the_settings(capsys: pytest.CaptureF
     assert readme_configuration_table() == printed, "run: python -m settings --markdown, and paste it in README.md"
     for _, entry in settings_mod.table():
         assert f"| `{entry.env}` |" in printed
+
+
+def test_reconcile_at_takes_a_time_of_day_or_off(tmp_path: Path) -> None:
+    import datetime as dt
+    assert from_environ({"VAR_DIR": str(tmp_path)}).reconcile_at == dt.time(10, 0)
+    assert from_environ({"VAR_DIR": str(tmp_path), "RECONCILE_AT": "7:05"}).reconcile_at == dt.time(7, 5)
+    assert from_environ({"VAR_DIR": str(tmp_path), "RECONCILE_AT": "OFF"}).reconcile_at is None
+    for bad in ("24:00", "10", "10:60", "ten"):  # (empty means the default, as for every setting)
+        with pytest.raises(settings_mod.ConfigError, match="RECONCILE_AT"):
+            from_environ({"VAR_DIR": str(tmp_path), "RECONCILE_AT": bad})
