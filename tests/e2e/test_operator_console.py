@@ -63,3 +63,29 @@ def test_operator_finds_an_order_and_refunds_part_of_it(page: Page, server: Serv
     page.click("#refund-submit")
     expect(page.locator("#refund-message")).to_contain_text("still refundable")
     expect(page.locator("#d-refunds tbody tr")).to_have_count(1)
+
+
+@pytest.mark.e2e
+def test_operator_sees_the_days_reconciliation_in_the_console(page: Page, server: ServerProcess) -> None:
+    import datetime as dt
+
+    from server.domain.refunds import BEIJING
+
+    log_in(page, server.base_url)
+    order_and_open_pay_page(page, server.base_url, "tea-longjing")
+    pay_with_simulator(page)
+    expect(page).to_have_url(re.compile(r"/paysuccess\.html"), timeout=10000)
+    today = dt.datetime.now(BEIJING).date().isoformat()
+    ran = subprocess.run([sys.executable, "-m", "server", "reconcile", "--date", today], cwd=ROOT, env=server.env,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode in (0, 1), ran.stderr  # other tests' orders share this server
+    create_operator(server, "rita", "rita-pass-123")
+    page.context.clear_cookies()
+    page.goto(server.base_url + "/login?next=/admin")
+    page.fill("input[name=username]", "rita")
+    page.fill("input[name=password]", "rita-pass-123")
+    page.click("button[type=submit]")
+    row = page.locator(f"#reports tbody tr[data-date='{today}']")
+    expect(row).to_have_count(1)
+    expect(row.locator(".outcome")).to_have_text("agrees" if ran.returncode == 0 else "differences")
+    screenshot(page, "operator-console-reconciliation")
