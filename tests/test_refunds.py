@@ -189,6 +189,8 @@ async def test_the_same_idempotency_key_makes_one_refund_even_at_once(shopper: S
     assert len({r["out_refund_no"] for _, r in replies}) == 1
     again = await refund(operator, order["id"], 10, key="form-7f3a")
     assert again[0] == 200 and again[1]["out_refund_no"] == replies[0][1]["out_refund_no"]
+    other_amount = await refund(operator, order["id"], 11, key="form-7f3a")
+    assert other_amount[0] == 409 and "Idempotency-Key already made" in other_amount[1]["error"]
     after = await operator.get_order(order["id"])
     assert len(after["refunds"]) == 1
 

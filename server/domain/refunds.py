@@ -65,6 +65,10 @@ class RefundRefusedByWeChat(Conflict):
     pass
 
 
+class IdempotencyKeyReused(Conflict):
+    pass
+
+
 class RefundChecks(Protocol):
     """Where "look at this refund again later" goes (a delay queue)."""
 
@@ -143,7 +147,7 @@ class Refunds:
         order = await self.orders.get_owned(who, order_id, any_owner=True)
         slot = key_slot(idempotency_key) if idempotency_key is not None else None
         if slot is not None and slot in (order.get("refund_keys") or {}):
-            return self._refund_view(order, order["refund_keys"][slot]), False
+            return self._same_key(order, slot, amount), False
         if order["status"] not in PAID_FOR:
             raise NotRefundable(f"order is {order['status']}: only a paid order can be refunded")
         pay_money = int(order["pay_money"])
@@ -174,7 +178,7 @@ class Refunds:
             # Lost a race: another refund took the money, or the same key made it first.
             order = await self.orders.get_owned(who, order_id, any_owner=True)
             if slot is not None and slot in (order.get("refund_keys") or {}):
-                return self._refund_view(order, order["refund_keys"][slot]), False
+                return self._same_key(order, slot, amount), False
             if order["status"] not in PAID_FOR:
                 raise NotRefundable(f"order is {order['status']}: only a paid order can be refunded")
             raise NotRefundable(f"{amount} fen is more than the {refundable(order)} fen still refundable")
@@ -199,6 +203,14 @@ class Refunds:
             return None  # already being given back
         log.warning("order %s paid twice: refund %s gives back %s (%d fen)", order_id, no, transaction_id, amount)
         return await self._submit(reserved, no)
+
+    def _same_key(self, order: Mapping[str, Any], slot: str, amount: int) -> dict[str, Any]:
+        """The refund an Idempotency-Key already made; the key with another amount is a mistake."""
+        refund = self._refund_view(order, order["refund_keys"][slot])
+        if int(refund["amount"]) != amount:
+            raise IdempotencyKeyReused(f"this Idempotency-Key already made refund {refund['out_refund_no']} "
+                                       f"of {refund['amount']} fen, not {amount}")
+        return refund
 
     @staticmethod
     def _new_refund(amount: int, reason: str, who: str) -> dict[str, Any]:
