@@ -116,7 +116,10 @@ class Orders:
         # other (or one of them sees it), so the cap holds without a
         # transaction; near the cap both may be refused, never both accepted.
         # Refused before any stock is held, so there is nothing to give back.
-        held = await self.store.orders.count_documents({"user": user, "status": {"$in": [RESERVING, UNPAID]}})
+        # Read up to one past the cap rather than counted: nx-27017 counts by
+        # reading every order of the collection (README, "nx-27017 quirks").
+        held = len(await self.store.orders.find({"user": user, "status": {"$in": [RESERVING, UNPAID]}},
+                                                projection={"_id": 1}).to_list(self.max_unpaid_per_user + 1))
         if held > self.max_unpaid_per_user:
             await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
                                                {"$set": {"status": REJECTED}})
