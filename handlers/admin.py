@@ -1,5 +1,5 @@
-"""What operators do: find orders, look at one, give money back. Every
-endpoint here answers 403 to anyone logged in who is not an operator."""
+"""What operators do: find orders, look at one, give money back, keep the
+catalog. Every endpoint here answers 403 to anyone logged in who is not an operator."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tornado.web
 from handlers.base import JsonHandler
 from handlers.pages import PageDeps, PageHandler
 from handlers.views import admin_order_json, refund_json
+from server.domain.catalog import Catalog
 from server.domain.errors import Forbidden, InvalidRequest
 from server.domain.orders import VISIBLE, Orders
 from server.domain.refunds import Refunds, parse_amount, parse_reason
@@ -103,6 +104,31 @@ class ReconciliationsHandler(OperatorJsonHandler):
 
     async def get(self) -> None:
         self.send_json({"reports": [{k: v for k, v in r.items() if k != "_id"} for r in await self.reports()]})
+
+
+class AdminSkusHandler(OperatorJsonHandler):
+    """Every SKU as operators see it, and the latest changes made to them."""
+
+    def initialize(self, requests: InFlight, is_operator: IsOperator,  # type: ignore[override]
+                   catalog: Catalog) -> None:
+        super().initialize(requests, is_operator)
+        self.catalog = catalog
+
+    async def get(self) -> None:
+        self.send_json({"skus": await self.catalog.skus(), "changes": await self.catalog.recent_changes()})
+
+
+class AdminSkuHandler(AdminSkusHandler):
+    """``PUT {"stock", "name", "price"}``: create the SKU (all three needed) or change any of them."""
+
+    async def put(self, sku_id: str) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict) or not body.keys() <= {"stock", "name", "price"}:
+            raise InvalidRequest('body must be {"stock": units, "name": "...", "price": fen}, each optional '
+                                 "for an existing SKU")
+        change = await self.catalog.set(sku_id, by=self.user, stock=body.get("stock"), name=body.get("name"),
+                                        price=body.get("price"))
+        self.send_json(change.as_json(), status=201 if change.created else 200)
 
 
 class AdminPage(PageHandler):

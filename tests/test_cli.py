@@ -299,3 +299,55 @@ async def test_reconcile_exit_codes_and_json(env: dict[str, str], mongo_url: str
         await client.close()
     finally:
         assert server.stop() == 0, server.output
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_sku_set_and_list_against_a_running_server(env: dict[str, str]) -> None:
+    from tests.support.shopper import Shopper
+
+    bad_id = paypush("sku", "set", "tea.longjing", "--stock", "1", env=env)
+    assert bad_id.returncode == 2 and bad_id.stderr.splitlines() == [
+        "paypush: sku: SKU id: 1-64 letters, digits, '-' or '_'"], bad_id.stderr
+    negative = paypush("sku", "set", "tea-longjing", "--stock", "-3", env=env)
+    assert negative.returncode == 2 and negative.stderr.splitlines() == [
+        "paypush: sku: stock: a whole number from 0 to 10000000"], negative.stderr
+    not_a_number = paypush("sku", "set", "tea-longjing", "--stock", "many", env=env)
+    assert not_a_number.returncode == 2 and "invalid int value: 'many'" in not_a_number.stderr
+    assert not (Path(env["VAR_DIR"]) / "mongo").exists(), "bad input is refused before any database starts"
+
+    server = ServerProcess(env, port=int(env["PORT"])).start()
+    try:
+        state = json.loads((Path(env["VAR_DIR"]) / "mongo" / "server.json").read_text())
+        shopper = await Shopper.logged_in(server.base_url, "demo", "demo-pass-123")
+        await shopper.order([("tea-longjing", 2)])  # the demo catalog's 50 become 48 on hand
+
+        changed = paypush("sku", "set", "tea-longjing", "--stock", "7", "--price", "9000", env=env)
+        assert changed.returncode == 0, changed.stderr
+        assert changed.stdout.startswith("SKU tea-longjing: stock 48 -> 7, price 8800 -> 9000; now stock 7"), \
+            changed.stdout
+        nameless = paypush("sku", "set", "kite-paper", "--stock", "4", env=env)
+        assert nameless.returncode == 2, nameless.stderr
+        assert "paypush: sku: no SKU 'kite-paper' yet: creating one needs a stock, a name and a price" in \
+            nameless.stderr
+        created = paypush("sku", "set", "kite-paper", "--stock", "4", "--name", "Paper kite", "--price", "1500",
+                          env=env)
+        assert created.returncode == 0, created.stderr
+        assert created.stdout.strip() == "SKU kite-paper created: stock 4, price 1500 fen, name 'Paper kite'"
+        # Both attached to the server's embedded MongoDB rather than starting another.
+        assert json.loads((Path(env["VAR_DIR"]) / "mongo" / "server.json").read_text()) == state
+
+        status, skus = await shopper.request("GET", "/api/skus")
+        assert status == 200
+        by_id = {s["id"]: s for s in skus}
+        assert (by_id["tea-longjing"]["stock"], by_id["tea-longjing"]["price"]) == (7, 9000)
+        assert (by_id["kite-paper"]["name"], by_id["kite-paper"]["stock"]) == ("Paper kite", 4)
+        assert (await shopper.order([("kite-paper", 1)]))["pay_money"] == 1500
+        await shopper.close()
+
+        listed = paypush("sku", "list", env=env)
+        assert listed.returncode == 0, listed.stderr
+        rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+        assert rows["kite-paper"][1:3] == ["3", "¥15.00"] and rows["tea-longjing"][1:3] == ["7", "¥90.00"]
+    finally:
+        assert server.stop() == 0, server.output
+    assert "SKU tea-longjing stock 48 -> 7, price 8800 -> 9000 (by cli:" in changed.stderr  # the log line

@@ -1,4 +1,4 @@
-"""``paypush`` command line: serve, create-user, reconcile, simulator."""
+"""``paypush`` command line: serve, create-user, reconcile, sku, simulator."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from server.accounts.users import InvalidUser, create_user
 from server.composition.container import open_services
 from server.composition.demo import DEMO_PASSWORD, DEMO_USER
 from server.composition.web import make_app, make_metrics_app, make_simulator_app
+from server.domain.catalog import InvalidSku, check_sku_fields, list_skus, set_sku
 from server.domain.reconciliation import Report, yesterday_in_beijing
 from server.gateway.errors import BillNotReady, GatewayError
 from server.infra import logs
@@ -191,6 +192,39 @@ async def add_user(settings: settings_mod.Settings, mongo_url: str, name: str, p
         await store.close()
 
 
+async def change_sku(settings: settings_mod.Settings, mongo_url: str, sku_id: str, stock: int,
+                     name: str | None, price: int | None) -> str:
+    """Create or change one SKU; what it was and what it is now, on one line."""
+    await check_mongo(settings, mongo_url)
+    store = connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
+    try:
+        change = await set_sku(store, sku_id, by=f"cli:{_os_user()}", stock=stock, name=name, price=price)
+    finally:
+        await store.close()
+    now = f"stock {change.after['stock']}, price {change.after['price']} fen, name {change.after['name']!r}"
+    return f"SKU {sku_id} created: {now}" if change.created else f"SKU {sku_id}: {change.describe()}; now {now}"
+
+
+async def show_skus(settings: settings_mod.Settings, mongo_url: str) -> str:
+    await check_mongo(settings, mongo_url)
+    store = connect(mongo_url, settings.mongo_db, settings.mongo_timeout_ms)
+    try:
+        skus = await list_skus(store)
+    finally:
+        await store.close()
+    width = max([len(s["id"]) for s in skus] + [2])
+    lines = [f"{'id':{width}}  {'stock':>8}  {'price':>10}  name"]
+    lines += [f"{s['id']:{width}}  {s['stock']:>8}  {yuan(s['price']):>10}  {s['name']}" for s in skus]
+    return "\n".join(lines)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return "unknown"
+
+
 def bill_date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
@@ -253,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="compare WeChat's daily bill with our orders and refunds")
     rec.add_argument("--date", type=bill_date, help="the bill's day, YYYY-MM-DD, Beijing time (default: yesterday)")
     rec.add_argument("--json", action="store_true", help="one JSON document instead of the summary")
+    sku = sub.add_parser("sku", help="the catalog: list SKUs, create or change one")
+    sku_sub = sku.add_subparsers(dest="sku_command", required=True)
+    sku_sub.add_parser("list", help="every SKU with its stock on hand and price")
+    sku_set = sku_sub.add_parser("set", help="create a SKU or change it; safe while orders are being placed",
+                                 description="Sets the stock on hand to N at one instant: orders placed "
+                                             "after it take from N, units held by unpaid orders are not "
+                                             "part of N. A new SKU needs --name and --price.")
+    sku_set.add_argument("id", help="the SKU id: 1-64 letters, digits, '-' or '_'")
+    sku_set.add_argument("--stock", type=int, required=True, metavar="N", help="units on hand for sale from now")
+    sku_set.add_argument("--name", help="the name shoppers see (1-64 characters)")
+    sku_set.add_argument("--price", type=int, metavar="FEN", help="the price of one unit in fen (100 = ¥1.00)")
     sim = sub.add_parser("simulator", help="run the WeChat Pay simulator on its own")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8899)
@@ -284,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "reconcile":
             with mongo_url_for(settings) as (url, _):
                 return asyncio.run(reconcile(settings, url, args.date, args.json))
+        elif args.command == "sku":
+            if args.sku_command == "set":  # refused before any database is started
+                check_sku_fields(args.id, args.stock, args.name, args.price)
+            with mongo_url_for(settings) as (url, _):
+                if args.sku_command == "set":
+                    print(asyncio.run(change_sku(settings, url, args.id, args.stock, args.name, args.price)))
+                else:
+                    print(asyncio.run(show_skus(settings, url)))
         elif args.command == "simulator":
             tls_args = (args.tls_cert, args.tls_key, args.client_ca)
             if any(tls_args) and not all(tls_args):
@@ -296,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidUser as exc:
         print(f"paypush: {exc}", file=sys.stderr)
         return 1
+    except InvalidSku as exc:  # bad input, like argparse's own refusals
+        print(f"paypush: sku: {exc}", file=sys.stderr)
+        return 2
     except (RuntimeError, OSError) as exc:
         print(f"paypush: {exc}", file=sys.stderr)
         return 1

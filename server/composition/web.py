@@ -112,6 +112,8 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         tornado.web.url(r"/api/admin/orders", admin.AdminOrdersHandler, {**operators, "orders": services.orders}),
         tornado.web.url(r"/api/admin/reconciliations", admin.ReconciliationsHandler,
                         {**operators, "reports": services.reconciler.reports}),
+        tornado.web.url(r"/api/admin/skus", admin.AdminSkusHandler, {**operators, "catalog": catalog}),
+        tornado.web.url(r"/api/admin/skus/([^/]{1,64})", admin.AdminSkuHandler, {**operators, "catalog": catalog}),
         tornado.web.url(r"/admin", admin.AdminPage, {**page, "is_operator": is_operator}, name="admin"),
         tornado.web.url(r"/wxpay/createNative", api.CreateNativeHandler,
                         {"requests": requests, "payments": services.payments}),

@@ -39,6 +39,11 @@ class Store:
         return self.db["meta"]
 
     @property
+    def sku_changes(self) -> AsyncCollection:
+        """Operators' changes to the catalog (stock, name, price), one document each: the audit trail."""
+        return self.db["sku_changes"]
+
+    @property
     def reconciliations(self) -> AsyncCollection:
         """One report per bill date (``_id`` yyyy-mm-dd): the last run's."""
         return self.db["reconciliations"]
@@ -71,6 +76,7 @@ async def create_indexes(store: Store) -> None:
     await store.orders.create_index([("refunds_open", ASCENDING)], sparse=True)  # the refund backstop
     await store.orders.create_index([("transaction_id", ASCENDING)], sparse=True)  # operators' search
     await store.orders.create_index([("pay_time", ASCENDING)], sparse=True)  # reconciliation: a day's payments
+    await store.sku_changes.create_index([("at", ASCENDING)])  # the console's latest changes
 
 
 async def deployment_id(store: Store) -> str:

@@ -1,6 +1,7 @@
 // Operator console: the order list (filter, search, pages), one order's
 // timeline and refunds, and the refund form. Refunds still processing are
-// looked at again every two seconds until WeChat's answer is in.
+// looked at again every two seconds until WeChat's answer is in. The catalog:
+// every SKU's stock and price, and a form to create or change one.
 "use strict";
 (() => {
   const api = window.paypush;
@@ -156,9 +157,89 @@
     }
   }
 
+  function describeChange(c) {
+    const a = c.after;
+    if (c.created) return `${c.sku_id} created: ${a.stock} on hand, ¥${api.yuan(a.price)}, ${a.name}`;
+    const parts = [];
+    if (c.before.stock !== a.stock) parts.push(`on hand ${c.before.stock} → ${a.stock}`);
+    if (c.before.price !== a.price) parts.push(`price ¥${api.yuan(c.before.price)} → ¥${api.yuan(a.price)}`);
+    if (c.before.name !== a.name) parts.push(`name ${c.before.name} → ${a.name}`);
+    return `${c.sku_id}: ${parts.join(", ") || "unchanged"}`;
+  }
+
+  async function loadSkus() {
+    try {
+      const { skus, changes } = await api.call("GET", "/api/admin/skus");
+      const body = $("skus").querySelector("tbody");
+      body.textContent = "";
+      for (const s of skus) {
+        const tr = document.createElement("tr");
+        tr.dataset.skuId = s.id;
+        cell(tr, s.id);
+        cell(tr, s.name, "name");
+        cell(tr, api.yuan(s.price), "num price");
+        cell(tr, s.stock, "num stock");
+        const edit = document.createElement("button");
+        edit.type = "button";
+        edit.className = "edit";
+        edit.textContent = "Edit";
+        edit.addEventListener("click", () => {
+          $("sku-id").value = s.id;
+          $("sku-stock").value = String(s.stock);
+          $("sku-name").value = s.name;
+          $("sku-price").value = api.yuan(s.price);
+          $("sku-stock").focus();
+        });
+        cell(tr, "").appendChild(edit);
+        body.appendChild(tr);
+      }
+      const list = $("sku-changes");
+      list.textContent = "";
+      for (const c of changes) {
+        const li = document.createElement("li");
+        li.textContent = `${new Date(c.at * 1000).toISOString()} ${describeChange(c)} (${c.by})`;
+        list.appendChild(li);
+      }
+    } catch (err) {
+      showError($("list-error"), err);
+    }
+  }
+
+  $("sku-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const msg = $("sku-message");
+    const body = {};
+    const stock = $("sku-stock").value.trim();
+    const name = $("sku-name").value.trim();
+    const price = $("sku-price").value.trim();
+    if (stock) {
+      if (!/^\d{1,8}$/.test(stock)) { msg.textContent = "On hand: a whole number."; msg.hidden = false; return; }
+      body.stock = Number(stock);
+    }
+    if (name) body.name = name;
+    if (price) {
+      const fen = toFen(price);
+      if (!fen) { msg.textContent = "Price: yuan, up to two decimals, more than zero."; msg.hidden = false; return; }
+      body.price = fen;
+    }
+    $("sku-save").disabled = true;
+    try {
+      const id = $("sku-id").value.trim();
+      const c = await api.call("PUT", "/api/admin/skus/" + encodeURIComponent(id), body);
+      msg.textContent = "Saved: " + describeChange(c);
+    } catch (err) {
+      msg.textContent = "Not saved: " + err.message;
+    } finally {
+      msg.hidden = false;
+      $("sku-save").disabled = false;
+    }
+    loadSkus();
+  });
+
   $("filter").addEventListener("submit", (e) => { e.preventDefault(); cursor = null; loadOrders(false); });
   $("more").addEventListener("click", () => loadOrders(true));
   loadOrders(false);
   loadReports();
+  loadSkus();
   if (location.hash.length > 1) openOrder(decodeURIComponent(location.hash.slice(1)));
 })();

@@ -1,7 +1,8 @@
 """An operator in Chromium: a shopper's paid order found in the console by its
 transaction id, part of it refunded through the form, the refund's status
 going from processing to success on the page without a reload, and the
-order's timeline showing it. A shopper gets the console's refusal."""
+order's timeline showing it. A shopper gets the console's refusal. The
+catalog: a SKU added and its stock set while a shopper orders it."""
 
 from __future__ import annotations
 
@@ -89,3 +90,54 @@ def test_operator_sees_the_days_reconciliation_in_the_console(page: Page, server
     expect(row).to_have_count(1)
     expect(row.locator(".outcome")).to_have_text("agrees" if ran.returncode == 0 else "differences")
     screenshot(page, "operator-console-reconciliation")
+
+
+@pytest.mark.e2e
+def test_operator_adds_a_sku_and_changes_its_stock_in_the_console(page: Page, server: ServerProcess) -> None:
+    create_operator(server, "cora", "cora-pass-123")
+    page.goto(server.base_url + "/login?next=/admin")
+    page.fill("input[name=username]", "cora")
+    page.fill("input[name=password]", "cora-pass-123")
+    page.click("button[type=submit]")
+    expect(page.locator("#skus tbody tr[data-sku-id='tea-longjing']")).to_have_count(1)
+
+    page.fill("#sku-id", "lamp-paper")
+    page.fill("#sku-stock", "6")
+    page.click("#sku-save")
+    expect(page.locator("#sku-message")).to_contain_text("Not saved: no SKU 'lamp-paper' yet")
+    page.fill("#sku-name", "Paper lamp")
+    page.fill("#sku-price", "12.50")
+    page.click("#sku-save")
+    expect(page.locator("#sku-message")).to_contain_text("lamp-paper created: 6 on hand, ¥12.50, Paper lamp")
+    row = page.locator("#skus tbody tr[data-sku-id='lamp-paper']")
+    expect(row.locator(".stock")).to_have_text("6")
+    expect(row.locator(".price")).to_have_text("12.50")
+
+    # A shopper takes two while the operator's form still shows 6.
+    shop = page.context.browser.new_context()  # type: ignore[union-attr]
+    shopper = shop.new_page()
+    log_in(shopper, server.base_url)
+    shopper.fill("input[name=lamp-paper]", "2")
+    shopper.click("#place-order")
+    expect(shopper).to_have_url(re.compile(r"/weixinpay\.html\?orderId="))
+
+    row.locator("button.edit").click()
+    expect(page.locator("#sku-stock")).to_have_value("6")
+    page.fill("#sku-stock", "10")
+    page.click("#sku-save")
+    # The change says what it replaced at that instant: 4, not the 6 on screen.
+    expect(page.locator("#sku-message")).to_contain_text("lamp-paper: on hand 4 → 10")
+    expect(row.locator(".stock")).to_have_text("10")
+    expect(page.locator("#sku-changes li").first).to_contain_text("lamp-paper: on hand 4 → 10 (cora)")
+    screenshot(page, "operator-console-catalog")
+
+    shopper.goto(server.base_url + "/")
+    expect(shopper.locator("input[name=lamp-paper]")).to_be_visible()
+    stock = {s["id"]: s["stock"] for s in shopper.request.get(server.base_url + "/api/skus").json()}
+    assert stock["lamp-paper"] == 10
+    shop.close()
+
+    page.fill("#sku-price", "0")
+    page.click("#sku-save")
+    expect(page.locator("#sku-message")).to_contain_text("Price: yuan")
+    expect(row.locator(".price")).to_have_text("12.50")
