@@ -80,9 +80,9 @@ if ! rabbitmq-plugins -q is_enabled rabbitmq_web_stomp >/dev/null 2>&1; then
 fi
 
 if rabbitmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qxF "$LOGIN"; then
-  rabbitmqctl -q change_password "$LOGIN" "$STOMP_PASSCODE" >/dev/null
+  rabbitmqctl -q change_password -- "$LOGIN" "$STOMP_PASSCODE" >/dev/null  # --: a passcode may start with "-"
 else
-  rabbitmqctl -q add_user "$LOGIN" "$STOMP_PASSCODE" >/dev/null
+  rabbitmqctl -q add_user -- "$LOGIN" "$STOMP_PASSCODE" >/dev/null
 fi
 # configure: only its own subscription queues (Web STOMP names them
 # stomp-subscription-<random>); write: those queues only (binding them needs

@@ -70,7 +70,9 @@ def stomp_user(amqp_url: str) -> Iterator[BrowserUser]:
     deploy/rabbitmq-setup.sh from AMQP_URL: concurrent runs on one broker never
     share (or reset) a passcode. Its limits are small so tests can reach them."""
     suffix = amqp_url.rsplit("-", 1)[1]
-    user = BrowserUser(login=f"webguest-{suffix}", passcode=secrets.token_urlsafe(24),
+    # It starts with "-" on purpose: a generated passcode may (token_urlsafe), and
+    # the deploy script must hand it to rabbitmqctl as a value, not an option.
+    user = BrowserUser(login=f"webguest-{suffix}", passcode="-" + secrets.token_urlsafe(24),
                        vhost=amqp_url.rsplit("/", 1)[1], max_connections=10, max_channels=10,
                        queue_expires_ms=2000, queue_max_length=5)
     prepare_broker(user, amqp_url)
