@@ -266,6 +266,7 @@ class Orders:
         caller's path, so a notify's reply does not wait for them.
         """
         self.on_transition(transition)
+        self.stock.checkpoint(transition)
         if transition == CLOSED:
             await self.stock.give_back(order)
         elif transition == COMPENSATED:
