@@ -19,6 +19,7 @@ FULL = [
     ["push_latency.py", "--sockets", "10000", "--rate", "100", "--seconds", "20", "--notify-to", "other"],
     ["notify_throughput.py"],
     ["timeout_sweep.py", "--orders", "1000"],
+    ["hot_sku.py", "--levels", "0,10000,25000,50000", "--seconds", "10"],
     ["keep_alive_spread.py", "--sizes", "20,1000,10000"],
 ]
 QUICK = [
@@ -27,6 +28,7 @@ QUICK = [
     ["push_latency.py", "--sockets", "1000", "--rate", "50", "--seconds", "5", "--notify-to", "other"],
     ["notify_throughput.py", "--levels", "1,8,32", "--seconds", "3"],
     ["timeout_sweep.py", "--orders", "200", "--timeout", "10"],
+    ["hot_sku.py", "--levels", "0,2000", "--seconds", "3", "--notifies", "200"],
     ["keep_alive_spread.py", "--sizes", "20,1000"],
 ]
 

@@ -16,7 +16,7 @@ import pytest
 from server.composition.container import Services
 from tests.support.rabbit import close_connections_on, vhost_of
 from tests.support.shopper import Shopper
-from tests.support.timeout_helpers import SETTINGS, log_kinds, stock_total, trade
+from tests.support.timeout_helpers import SETTINGS, log_kinds, no_markers_of, stock_total, trade
 from tests.support.waiting import eventually
 
 ORDERS = 200
@@ -118,8 +118,8 @@ async def test_chaos_run_keeps_every_invariant(shopper: Shopper, services: Servi
     print("chaos outcome:", dict(finals), f"connection kills: {kills}")
     assert kills >= 1, "the chaos run killed no connection"
     assert await stock_total(services) == before
-    for sku in await services.store.skus.find({}).to_list(None):
-        assert not any(oid in sku.get("holds", {}) for oid in ids)
+    await eventually(functools.partial(no_markers_of, services, ids), within=30,
+                     message="the SKUs carry nothing of the chaos orders (every in-flight marker tidied)")
 
 
 async def notified(shopper: Shopper, order_id: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from server.composition.container import Services
 from tests.support.shopper import Shopper
+from tests.support.timeout_helpers import no_markers_of
 from tests.support.waiting import eventually
 
 
@@ -58,11 +60,12 @@ async def test_order_scan_pay_notify_paid(shopper: Shopper, services: Services, 
     assert await stock(services, "tea-longjing") == tea_before - 1
     assert await stock(services, "mug-celadon") == mug_before - 2
 
-    async def hold_settled() -> bool:  # settling the holds happens just after the reply
-        sku = await services.store.skus.find_one({"_id": "mug-celadon"})
-        return sku is not None and order["id"] not in sku["holds"]
-
-    await eventually(hold_settled, message="the order's mug hold settled into a sale", within=5, every=0.05)
+    # The order records its holds; the SKU keeps no trace of it once placed
+    # (its take markers are tidied just after the reply).
+    assert (await services.store.orders.find_one({"_id": order["id"]}) or {})["stock_held"] == {
+        "tea-longjing": 1, "mug-celadon": 2}
+    await eventually(functools.partial(no_markers_of, services, [order["id"]]),
+                     message="the SKUs carry nothing of the paid order", within=5, every=0.05)
     # WeChat read SUCCESS on its first try.
     _, seen = await shopper.request("GET", f"/sandbox/wxpay/trades/{order['id']}")
     assert seen["notify_replies"] == ["SUCCESS"]

@@ -3,10 +3,11 @@ MongoDB, driven through the domain objects the handlers and workers use
 (``services.orders``, ``services.payments``, ``services.timeouts``), with
 no shopper, no pages and no WeChat.
 
-Stock is counted on the SKU document: ``stock`` on hand and ``holds`` (order
-id -> count) for orders not yet paid. A paid order's hold becomes its sale; a
-closed order's goes back to stock; either happens exactly once, however many
-times or however concurrently it is driven.
+Stock on hand is counted on the SKU document (``stock``); what each order
+holds, on the order (``stock_held``, ``stock_returned``, ``stock_retaken``),
+with the SKU carrying only markers of moves in flight. A paid order keeps its
+holding as its sale; a closed order's goes back to stock exactly once, however
+many times or however concurrently it is driven.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from server.domain.payments import NotifyRejected
 from server.domain.timeouts import Outcome
 from server.gateway.abc import Payment
 from tests.support.notify_client import signed_notify
+from tests.support.timeout_helpers import holdings, markers_left
 
 SKU = "rule-sku"
 
@@ -37,8 +39,10 @@ async def sku(services: Services, sku_id: str = SKU) -> dict[str, Any]:
 
 
 async def on_hand_and_holds(services: Services, sku_id: str = SKU) -> tuple[int, dict[str, int]]:
-    doc = await sku(services, sku_id)
-    return int(doc["stock"]), dict(doc.get("holds") or {})
+    """On hand, and what each order not paid for holds (a paid order's holding is its sale)."""
+    on_hand, held = await holdings(services)
+    paid = {o["_id"] async for o in services.store.orders.find({"status": {"$in": ["paid", "refunded"]}})}
+    return on_hand[sku_id], {oid: n for oid, n in held.get(sku_id, {}).items() if oid not in paid}
 
 
 async def stocked(services: Services, stock: int, sku_id: str = SKU) -> None:
@@ -150,8 +154,10 @@ async def test_unpaid_becomes_paid_once_under_concurrent_payments(services: Serv
     assert paid["transaction_id"] == winners[0]["transaction_id"]
     assert all(after is not None and after["status"] == "paid" for won, after in results if not won)
     assert await kinds(services, order["_id"]) == ["created", "paid"]
-    await services.orders.finish_bookkeeping()  # the hold is settled off the payer's path
+    await services.orders.finish_bookkeeping()  # markers are tidied off the payer's path
     assert await on_hand_and_holds(services) == (8, {})  # the hold became the sale: taken once, not given back
+    assert (await services.orders.get(order["_id"]) or {})["stock_held"] == {SKU: 2}
+    assert await markers_left(services) == {}  # the SKU carries nothing of the order
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -225,6 +231,8 @@ async def test_close_gives_stock_back_exactly_once_however_often_it_runs(service
     await services.orders.close(order["_id"], "once more")
     assert await on_hand_and_holds(services) == (10, {})
     assert await kinds(services, order["_id"]) == ["created", "closed"]
+    await services.orders.finish_bookkeeping()
+    assert await markers_left(services) == {}
 
 
 # --- paid after close ---------------------------------------------------------

@@ -10,15 +10,17 @@ import pytest
 from server.composition.container import Services
 from tests.support.notify_client import post_notify, signed_notify
 from tests.support.shopper import Shopper
+from tests.support.timeout_helpers import holdings
 
 # For the tests that race many orders of one shopper against the stock.
 NO_UNPAID_CAP = {"max_unpaid_orders_per_user": 1000}
 
 
 async def stock_and_holds(services: Services, sku_id: str) -> tuple[int, int]:
-    doc = await services.store.skus.find_one({"_id": sku_id})
-    assert doc is not None
-    return int(doc["stock"]), sum(int(n) for n in (doc.get("holds") or {}).values())
+    """On hand, and the sum held by orders not paid for."""
+    on_hand, held = await holdings(services)
+    paid = {o["_id"] async for o in services.store.orders.find({"status": {"$in": ["paid", "refunded"]}})}
+    return on_hand[sku_id], sum(n for oid, n in held.get(sku_id, {}).items() if oid not in paid)
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -27,6 +27,7 @@ async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float,
     Once ``stop`` is set no further order is started on (the one in hand is finished).
     """
     settled = 0
+    await orders.stock.tidy_leftovers()
     due = await orders.overdue(time.time() - grace)
     for n, order_id in enumerate(due):
         if stop is not None and stop.is_set():

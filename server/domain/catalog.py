@@ -41,7 +41,9 @@ class Catalog:
 
 
 async def list_skus(store: Store) -> list[dict[str, Any]]:
-    docs = await store.skus.find({}, projection={"holds": 0}).sort("_id", 1).to_list(1000)
+    # Only what a shopper sees: not the moves in flight or pre-upgrade holds a SKU document carries.
+    docs = await store.skus.find({}, projection={"name": 1, "price": 1, "stock": 1, "max_per_order": 1}
+                                 ).sort("_id", 1).to_list(1000)
     return [sku_json(d) for d in docs]
 
 

@@ -3,7 +3,8 @@
 
 State machine (``status``): reserving -> unpaid -> paid | closed, paid ->
 refunded once successful refunds cover the whole amount (server/domain/refunds.py),
-and reserving -> rejected when stock is short. Every transition is one conditional
+and reserving -> releasing -> rejected when stock is short or the reservation
+was abandoned (what it took goes back while it is releasing). Every transition is one conditional
 single-document update that also writes the order's log entry and marks its
 event pending (the outbox); every other side effect runs only for the caller
 that won it, through one method (``_transitioned``), and is idempotent, so it
@@ -22,7 +23,7 @@ from pymongo.errors import PyMongoError
 
 from server.domain.errors import Conflict, LimitReached, NotFound
 from server.domain.order_request import BadOrder, Line
-from server.domain.stock import Stock, max_per_order
+from server.domain.stock import LAYOUT, Released, Stock, max_per_order
 from server.infra.bus import BusUnavailable
 from server.infra.store import Store
 from server.infra.timeout_queues import TimeoutQueues
@@ -32,6 +33,7 @@ from server.push.events import ROOM_WAIT, OrderEvents, outbox_fields
 log = logging.getLogger(__name__)
 
 RESERVING, UNPAID, PAID, CLOSED, REJECTED = "reserving", "unpaid", "paid", "closed", "rejected"
+RELEASING = "releasing"  # a reservation giving back what it took, on its way to rejected
 REFUNDED = "refunded"  # paid, and given back in full
 COMPENSATED = "compensated"  # the transition closed -> paid (the status is then paid)
 VISIBLE = (UNPAID, PAID, CLOSED, REFUNDED)
@@ -81,16 +83,19 @@ class Orders:
         self.events = events
         self.deadlines = deadlines
         self.stock = Stock(store)
-        # A payment's holds become sales after the notify is answered, many
-        # orders to one update per SKU; what does not fit or fails is redone
-        # by the timeout worker at the order's deadline.
+        # A legacy order's hold (on the SKU) becomes a sale after the notify is
+        # answered, many orders to one update per SKU; what does not fit or
+        # fails is redone by the timeout worker at the order's deadline. An
+        # order that records its own holds needs nothing: the notify path does
+        # not touch the SKU.
         self._sold: Batches[dict[str, Any]] = Batches("stock.keep_as_sold", self.stock.keep_as_sold,
                                                       swallow=(PyMongoError,))
         self.on_transition: Callbacks[[str]] = Callbacks("orders.on_transition")
 
     async def create(self, user: str, lines: list[Line]) -> dict[str, Any]:
         skus = {d["_id"]: d for d in await self.store.skus.find(
-            {"_id": {"$in": [ln.sku_id for ln in lines]}}, projection={"holds": 0}).to_list(None)}
+            {"_id": {"$in": [ln.sku_id for ln in lines]}},
+            projection={"name": 1, "price": 1, "max_per_order": 1, "epoch": 1}).to_list(None)}
         for ln in lines:
             if ln.sku_id not in skus:
                 raise BadOrder(f"unknown sku_id {ln.sku_id}")
@@ -108,34 +113,50 @@ class Orders:
             "status": RESERVING,
             "created_at": now,
             "expires_at": now + self.timeout_seconds,
+            "stock_v": LAYOUT,
         }
         # The order exists before any stock moves, so a crash part-way leaves a
-        # "reserving" order whose holds can be found and given back.
+        # "reserving" order whose takes (marked on the SKUs) can be given back.
         await self.store.orders.insert_one(order)
+        self.stock.checkpoint("order inserted")
         # Counted after our own insert: of two parallel orders each sees the
         # other (or one of them sees it), so the cap holds without a
         # transaction; near the cap both may be refused, never both accepted.
         # Refused before any stock is held, so there is nothing to give back.
-        # Read up to one past the cap rather than counted: nx-27017 counts by
-        # reading every order of the collection (README, "nx-27017 quirks").
-        held = len(await self.store.orders.find({"user": user, "status": {"$in": [RESERVING, UNPAID]}},
-                                                projection={"_id": 1}).to_list(self.max_unpaid_per_user + 1))
+        # A bounded read, not count_documents (see README, "nx-27017"): a
+        # user's thousands of unpaid orders must not slow each placement.
+        held = len(await self.store.orders.find(
+            {"user": user, "status": {"$in": [RESERVING, UNPAID]}}, projection={"_id": 1}).to_list(
+                self.max_unpaid_per_user + 1))
         if held > self.max_unpaid_per_user:
             await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
                                                {"$set": {"status": REJECTED}})
             log.info("order by %s refused: %d unpaid orders already", user, held - 1)
             raise TooManyUnpaidOrders(self.max_unpaid_per_user)
+        async def still_reserving() -> bool:
+            return await self.store.orders.find_one(
+                {"_id": order["_id"], "status": RESERVING}, projection={"_id": 1}) is not None
+
         for ln in lines:
-            if not await self.stock.hold(order["_id"], ln.sku_id, ln.num):
+            try:
+                taken = await self.stock.take(order["_id"], ln.sku_id, ln.num, skus[ln.sku_id].get("epoch"),
+                                              still_reserving)
+            except Released:
+                raise OrderNotFound() from None  # released by a sweep while we were reserving
+            if not taken:
                 await self.abandon_reservation(order)
                 raise OutOfStock(ln.sku_id)
+        holding = {ln.sku_id: ln.num for ln in lines}
+        # One update records every hold and makes the order unpaid.
         placed = await self.store.orders.find_one_and_update(
             {"_id": order["_id"], "status": RESERVING},
-            {"$set": {"status": UNPAID,
+            {"$set": {"status": UNPAID, "stock_held": holding,
                       **log_entry("created", user, f"{len(items)} lines, {order['pay_money']} fen")}},
             return_document=ReturnDocument.AFTER)
         if placed is None:
             raise OrderNotFound()  # released by a sweep while we were reserving
+        self.stock.checkpoint("order placed")
+        self.stock.taken(order["_id"], holding)
         self.on_transition("created")
         log.info("order %s created by %s: %d fen", order["_id"], user, order["pay_money"])
         if self.deadlines is not None:
@@ -149,9 +170,17 @@ class Orders:
 
     async def abandon_reservation(self, order: dict[str, Any]) -> None:
         """A reservation that will not become an order (short of stock, or its
-        process died half-way): every hold back, then ``rejected``."""
-        await self.stock.give_back(order)
+        process died half-way): ``releasing`` first, so its creator can no
+        longer make it unpaid, then everything it took back, then ``rejected``.
+        A crash part-way leaves it releasing, for the sweeper to finish."""
         await self.store.orders.update_one({"_id": order["_id"], "status": RESERVING},
+                                           {"$set": {"status": RELEASING}})
+        current = await self.get(order["_id"])
+        if current is None or current["status"] not in (RELEASING, REJECTED):
+            return  # it became an order after all
+        self.stock.checkpoint("releasing")
+        await self.stock.give_back(current)
+        await self.store.orders.update_one({"_id": order["_id"], "status": RELEASING},
                                            {"$set": {"status": REJECTED}})
 
     async def get(self, order_id: str) -> dict[str, Any] | None:
@@ -237,18 +266,20 @@ class Orders:
         caller's path, so a notify's reply does not wait for them.
         """
         self.on_transition(transition)
+        self.stock.checkpoint(transition)
         if transition == CLOSED:
             await self.stock.give_back(order)
         elif transition == COMPENSATED:
             await self.stock.take_again(order)
         await self.events.flush_soon(order)
-        if transition == PAID:
+        if transition == PAID and "stock_held" not in order:
             await self._sold.put(order, wait=ROOM_WAIT)
 
     async def finish_bookkeeping(self, within: float = 5.0) -> None:
         """Let stock bookkeeping under way in the background finish (shutdown)."""
         await self._sold.drain(within)
         await self._sold.close()
+        await self.stock.finish(within)
 
     async def close(self, order_id: str, remarks: str) -> tuple[bool, dict[str, Any] | None]:
         """unpaid -> closed, with its log entry; stock given back. Returns (won, order after)."""
@@ -294,7 +325,7 @@ class Orders:
     async def overdue(self, before: float, limit: int = 500) -> list[str]:
         """Unpaid orders past ``before`` and reservations abandoned before it."""
         docs = await self.store.orders.find(
-            {"status": {"$in": [UNPAID, RESERVING]}, "expires_at": {"$lt": before}},
+            {"status": {"$in": [UNPAID, RESERVING, RELEASING]}, "expires_at": {"$lt": before}},
             projection={"_id": 1}).to_list(limit)
         return [d["_id"] for d in docs]
 

@@ -15,7 +15,7 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from server.domain.orders import CLOSED, PAID, REJECTED, RESERVING, UNPAID, Orders
+from server.domain.orders import CLOSED, PAID, REJECTED, RELEASING, RESERVING, UNPAID, Orders
 from server.domain.payments import Payments
 from server.gateway.abc import PAID_STATES, USERPAYING, PaymentGateway
 from server.gateway.errors import CloseTooEarly, GatewayError, TradeAlreadyPaid, TradeClosed, TradeNotFound
@@ -63,10 +63,15 @@ class Timeouts:
         if status == CLOSED:  # give back what a crash may have kept held
             await self.orders.stock.give_back(order)
             return Outcome.FINAL, 0.0
-        if status == PAID:  # settle what a crash may have kept held
+        if status == PAID:  # settle what a crash may have left on the SKUs
+            if order.get("compensated"):
+                await self.orders.stock.take_again(order)
             await self.orders.stock.keep_as_sold([order])
             return Outcome.FINAL, 0.0
         if status == REJECTED:
+            return Outcome.FINAL, 0.0
+        if status == RELEASING:  # its release was cut short
+            await self.orders.abandon_reservation(order)
             return Outcome.FINAL, 0.0
         if status == RESERVING:
             if time.time() - order["created_at"] < ABANDONED_RESERVATION_SECONDS:
