@@ -265,20 +265,24 @@ class Stack:
         """``n`` unpaid orders of the bench user, written straight to MongoDB.
 
         With ``skus``, each order also holds one item of one of that many SKUs,
-        as an order placed through the API does, so paying it has stock to settle."""
+        recorded as an order placed through the API records it (``stock_held``
+        on the order, the SKU's count taken; server/domain/stock.py), so paying
+        it takes the same path as any payment."""
         now = time.time()
-        docs = [{"_id": time.strftime("%Y%m%d") + secrets.token_hex(12), "user": BENCH_USER,
-                 "items": [{"sku_id": f"bench-sku-{i % skus}" if skus else "bench-sku", "name": "Bench item",
-                            "price": price, "num": 1}],
-                 "pay_money": price, "status": "unpaid", "created_at": now, "expires_at": now + expires_in}
-                for i in range(n)]
+        docs: list[dict[str, Any]] = [
+            {"_id": time.strftime("%Y%m%d") + secrets.token_hex(12), "user": BENCH_USER,
+             "items": [{"sku_id": f"bench-sku-{i % skus}" if skus else "bench-sku", "name": "Bench item",
+                        "price": price, "num": 1}],
+             "pay_money": price, "status": "unpaid", "created_at": now, "expires_at": now + expires_in,
+             **({"stock_v": 2, "stock_held": {f"bench-sku-{i % skus}": 1}} if skus else {})}
+            for i in range(n)]
         for i in range(0, n, 1000):
             self.db.orders.insert_many(docs[i:i + 1000])
         for k in range(skus):
-            held = [str(d["_id"]) for d in docs[k::skus]]
+            held = len(docs[k::skus])
             self.db.skus.replace_one({"_id": f"bench-sku-{k}"},
                                      {"_id": f"bench-sku-{k}", "name": "Bench item", "price": price,
-                                      "stock": 1_000_000, "holds": dict.fromkeys(held, 1)}, upsert=True)
+                                      "stock": 1_000_000 - held}, upsert=True)
         return [(str(d["_id"]), price) for d in docs]
 
     def stop(self) -> None:
