@@ -18,6 +18,7 @@ import settings as settings_mod
 from server.composition.container import Services, open_services
 from server.composition.web import make_app
 from server.infra.embedded_mongo import EmbeddedMongo
+from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper
 from tests.support.stomp import BrowserUser, prepare_broker
 from tests.support.tcp_proxy import TcpProxy
@@ -82,14 +83,8 @@ def stomp_user(amqp_url: str) -> Iterator[BrowserUser]:
 
 @pytest.fixture
 def test_settings(http_port: int, tmp_path: Path, amqp_url: str) -> settings_mod.Settings:
-    return settings_mod.from_environ({
-        "AMQP_URL": amqp_url,
-        "PORT": str(http_port),
-        "VAR_DIR": str(tmp_path / "var"),
-        "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000",
-        "RECONCILE_AT": "off",  # a test that wants it runs it (tests/test_reconciliation.py)
-    })
+    """API v2 in sandbox mode; a module overrides this fixture for other settings."""
+    return sandbox_settings(http_port, tmp_path, amqp_url)
 
 
 @pytest.fixture
@@ -126,6 +121,20 @@ def mallory(http_server, base_url: str, io_loop, services: Services) -> Iterator
     async def make() -> Shopper:
         await create_user(services.store, "mallory", "mallory-pass-1")
         return await Shopper.logged_in(base_url, "mallory", "mallory-pass-1")
+
+    s = io_loop.run_sync(make)
+    yield s
+    io_loop.run_sync(s.close)
+
+
+@pytest.fixture
+def operator(http_server, base_url: str, io_loop, services: Services) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
+    """An operator, logged in: sees every order, refunds, changes the catalog."""
+    from server.accounts.users import create_user
+
+    async def make() -> Shopper:
+        await create_user(services.store, "olga", "olga-pass-123", operator=True)
+        return await Shopper.logged_in(base_url, "olga", "olga-pass-123")
 
     s = io_loop.run_sync(make)
     yield s

@@ -8,8 +8,6 @@ day's bill the next morning)."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
-from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ from typing import Any
 import pytest
 
 import settings as settings_mod
-from server.accounts.users import create_user
 from server.composition.container import Services
 from server.gateway.abc import BILL_PAYMENT, BILL_REFUND, BillSummary
 from server.gateway.errors import BillNotReady
+from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper
 from tests.support.waiting import eventually
 
@@ -34,26 +32,8 @@ def api(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def test_settings(api: str, http_port: int, tmp_path: Path, amqp_url: str) -> settings_mod.Settings:
-    return settings_mod.from_environ({
-        "WXPAY_API": api,
-        "AMQP_URL": amqp_url,
-        "PORT": str(http_port),
-        "VAR_DIR": str(tmp_path / "var"),
-        "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000",
-        "REFUND_CHECK_DELAYS": "1,2",
-    })
+    return sandbox_settings(http_port, tmp_path, amqp_url, api, REFUND_CHECK_DELAYS="1,2")
 
-
-@pytest.fixture
-def operator(http_server, base_url: str, io_loop, services: Services) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
-    async def make() -> Shopper:
-        await create_user(services.store, "olga", "olga-pass-123", operator=True)
-        return await Shopper.logged_in(base_url, "olga", "olga-pass-123")
-
-    s = io_loop.run_sync(make)
-    yield s
-    io_loop.run_sync(s.close)
 
 
 async def paid_order(shopper: Shopper, sku: str) -> tuple[dict[str, Any], str]:

@@ -13,12 +13,10 @@ import asyncio
 import itertools
 import random
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from server.accounts.users import create_user
 from server.composition.container import Services
 from tests.support.processes import ROOT, base_env
 from tests.support.shopper import Shopper
@@ -30,16 +28,6 @@ FLASH = "flash-sale"
 def extra_settings() -> dict[str, object]:
     return {"max_unpaid_orders_per_user": 100_000}  # one shopper stands in for a crowd
 
-
-@pytest.fixture
-def operator(http_server, base_url: str, io_loop, services: Services) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
-    async def make() -> Shopper:
-        await create_user(services.store, "olga", "olga-pass-123", operator=True)
-        return await Shopper.logged_in(base_url, "olga", "olga-pass-123")
-
-    s = io_loop.run_sync(make)
-    yield s
-    io_loop.run_sync(s.close)
 
 
 async def put_sku(operator: Shopper, sku_id: str, body: Any) -> tuple[int, Any]:

@@ -8,7 +8,6 @@ notify."""
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import settings as settings_mod
 from server.composition.container import Services
 from server.gateway.wxpay_v3.gateway import WxPayV3Gateway
+from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper
 from tests.support.timeout_helpers import SETTINGS, final_order, trade
 from tests.support.waiting import eventually
@@ -25,14 +25,7 @@ from tests.support.waiting import eventually
 
 @pytest.fixture
 def test_settings(http_port: int, tmp_path: Path, amqp_url: str) -> settings_mod.Settings:
-    return settings_mod.from_environ({
-        "WXPAY_API": "v3",
-        "AMQP_URL": amqp_url,
-        "PORT": str(http_port),
-        "VAR_DIR": str(tmp_path / "var"),
-        "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000", "RECONCILE_AT": "off",
-    })
+    return sandbox_settings(http_port, tmp_path, amqp_url, "v3")
 
 
 async def paid(shopper: Shopper, order_id: str) -> dict[str, Any]:

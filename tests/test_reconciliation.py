@@ -9,19 +9,18 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import settings as settings_mod
-from server.accounts.users import create_user
 from server.composition.container import Services
 from server.domain.reconciliation import Report
 from server.domain.refunds import BEIJING
 from server.gateway.abc import RefundRequest
 from server.gateway.errors import BillNotReady
+from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper
 from tests.support.waiting import eventually
 from workers.daily_reconciliation import RETRY_SECONDS, Outcome, reconcile_if_due
@@ -30,23 +29,11 @@ from workers.daily_reconciliation import RETRY_SECONDS, Outcome, reconcile_if_du
 @pytest.fixture(params=["v2", "v3"])
 def test_settings(request: pytest.FixtureRequest, http_port: int, tmp_path: Path,
                   amqp_url: str) -> settings_mod.Settings:
-    return settings_mod.from_environ({
-        "WXPAY_API": request.param, "AMQP_URL": amqp_url, "PORT": str(http_port),
-        "VAR_DIR": str(tmp_path / "var"), "MONGO_DB": f"t{uuid.uuid4().hex[:12]}",
-        "SIM_NOTIFY_SPEED": "1000", "RECONCILE_AT": "off", "REFUND_CHECK_DELAYS": "1,2",
-        # The backstops stay away: only reconciliation may find a lost payment.
-        "ACTIVE_QUERY_AFTER_SECONDS": "1000", "SWEEP_INTERVAL_SECONDS": "1000"})
+    return sandbox_settings(http_port, tmp_path, amqp_url, request.param,
+                             REFUND_CHECK_DELAYS="1,2",
+                             # The backstops stay away: only reconciliation may find a lost payment.
+                             ACTIVE_QUERY_AFTER_SECONDS="1000", SWEEP_INTERVAL_SECONDS="1000")
 
-
-@pytest.fixture
-def operator(http_server, base_url: str, io_loop, services: Services) -> Iterator[Shopper]:  # type: ignore[no-untyped-def]
-    async def make() -> Shopper:
-        await create_user(services.store, "olga", "olga-pass-123", operator=True)
-        return await Shopper.logged_in(base_url, "olga", "olga-pass-123")
-
-    s = io_loop.run_sync(make)
-    yield s
-    io_loop.run_sync(s.close)
 
 
 def today() -> dt.date:

@@ -19,6 +19,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import (
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
     AbstractRobustExchange,
@@ -123,3 +124,16 @@ class Bus:
             log.warning("RabbitMQ did not answer the connection close within %.1fs; leaving anyway", within)
         except BROKER_ERRORS as exc:
             log.info("RabbitMQ connection close: %s", exc)
+
+
+async def cancel_consumer(queue: AbstractQueue, tag: str, within: float, what: str) -> None:
+    """Ask RabbitMQ to stop sending to a consumer, for at most ``within`` seconds:
+    with the broker unreachable or silent the cancel would wait for ever, and what
+    it saves (prefetched messages going back at once rather than when the
+    connection closes) is not worth a hang."""
+    try:
+        await asyncio.wait_for(queue.cancel(tag), within)
+    except TimeoutError:
+        log.warning("%s: RabbitMQ did not confirm the consumer cancel within %.1fs", what, within)
+    except BROKER_ERRORS as exc:
+        log.info("%s: consumer cancel failed (%s); the connection close ends it", what, exc)

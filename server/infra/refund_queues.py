@@ -14,7 +14,6 @@ deployment with DEPLOYMENT=<name> gets its own queues and key (``.<name>``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from server.infra.bus import BROKER_ERRORS, Bus
+from server.infra.bus import Bus, cancel_consumer
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +75,10 @@ class RefundQueues:
         self._consumer = (queue, await queue.consume(handle))
 
     async def stop_consuming(self, within: float = 1.0) -> None:
-        """Take no further message; ask RabbitMQ to stop sending for at most ``within`` s."""
+        """Take no further message; ask RabbitMQ to stop sending (at most ``within`` seconds)."""
         self.accepting = False
         if self._consumer is None:
             return
         queue, tag = self._consumer
         self._consumer = None
-        try:
-            await asyncio.wait_for(queue.cancel(tag), within)
-        except TimeoutError:
-            log.warning("refund checks: RabbitMQ did not confirm the consumer cancel within %.1fs", within)
-        except BROKER_ERRORS as exc:
-            log.info("refund checks: consumer cancel failed (%s); the connection close ends it", exc)
+        await cancel_consumer(queue, tag, within, "refund checks")

@@ -26,7 +26,6 @@ loudly what to set.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from server.infra.bus import BROKER_ERRORS, Bus
+from server.infra.bus import Bus, cancel_consumer
 
 log = logging.getLogger(__name__)
 
@@ -198,18 +197,10 @@ class TimeoutQueues:
         self.accepting = False
 
     async def stop_consuming(self, within: float = 1.0) -> None:
-        """Stop taking messages, and ask RabbitMQ to stop sending them for at
-        most ``within`` seconds: with the broker unreachable or silent the
-        cancel would wait for ever, and what it would save (prefetched messages
-        going back at once rather than when the connection closes) is not worth a hang."""
+        """Stop taking messages, and ask RabbitMQ to stop sending them (at most ``within`` seconds)."""
         self.stop_taking()
         if self._consumer is None:
             return
         queue, tag = self._consumer
         self._consumer = None
-        try:
-            await asyncio.wait_for(queue.cancel(tag), within)
-        except TimeoutError:
-            log.warning("order timeout: RabbitMQ did not confirm the consumer cancel within %.1fs", within)
-        except BROKER_ERRORS as exc:
-            log.info("order timeout: consumer cancel failed (%s); the connection close ends it", exc)
+        await cancel_consumer(queue, tag, within, "order timeout")
