@@ -217,6 +217,46 @@ def summarise(raw: Path) -> dict[str, object]:
             "hottest": [(leaf, round(n / total * 100, 1)) for leaf, n in leaves.most_common(12)] if total else []}
 
 
+async def store_ceiling(mongo_url: str, db: str, order_ids: list[str], concurrency: int,
+                        seconds: float) -> float:
+    """The store's own rate for the notify's kind of write, at the same concurrency
+    and through the same client: find_one_and_update of one order conditioned on
+    its status and amount, setting what a payment sets (paid fields, outbox, log
+    entry), answering the document. The orders flip unpaid <-> paid, so the
+    collection and the documents keep their size."""
+    from pymongo import AsyncMongoClient, ReturnDocument
+
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    orders = client[db]["orders"]
+    ids = collections.deque(order_ids)
+    status = {order_id: "unpaid" for order_id in order_ids}
+    status.update({d["_id"]: d["status"] async for d in orders.find({"_id": {"$in": order_ids}}, {"status": 1})})
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            order_id = ids.popleft()
+            ids.append(order_id)
+            now, to = status[order_id], "paid" if status[order_id] == "unpaid" else "unpaid"
+            status[order_id] = to
+            await orders.find_one_and_update(
+                {"_id": order_id, "status": now, "pay_money": 100},
+                {"$set": {"status": to, "transaction_id": "4200000000" + order_id[-20:], "pay_time": time.time(),
+                          "paid_at": time.time(), "pending_event": to, "pending_claim_until": time.time() + 10,
+                          "logs.ceiling": {"who": "bench", "remarks": order_id, "at": time.time()}}},
+                return_document=ReturnDocument.AFTER)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await orders.update_many({"_id": {"$in": order_ids}}, {"$unset": {"pending_event": ""}})
+    await client.close()
+    return done / elapsed
+
+
 def outbox_backlog(stack) -> int:  # type: ignore[no-untyped-def]
     return int(stack.db.orders.count_documents({"pending_event": {"$exists": True}}))
 
@@ -252,7 +292,7 @@ def recorded(stack, acknowledged: int, skus: int, wait: float = 30.0) -> dict[st
         if not (pending or in_flight) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    paid = stack.db.orders.count_documents({"status": "paid"})
+    paid = stack.db.orders.count_documents({"status": "paid", "user": {"$ne": "ceiling-probe"}})
     return {"acknowledged": acknowledged, "paid": paid, "event_unconfirmed": pending,
             "holds_unsettled": in_flight, "ok": paid >= acknowledged and not pending and not in_flight}
 
@@ -264,6 +304,9 @@ def run_api(api: Api, levels: list[int], seconds: float) -> tuple[list[dict[str,
         # Up to PER_SECOND a second per level, then the profile pass, then the warm-up.
         per_level = int(PER_SECOND * seconds)
         pool = collections.deque(stack.seed_orders(per_level * (len(levels) + 1) + 200, skus=SKUS))
+        # Orders the store-ceiling probe flips back and forth (not notified: not counted as paid).
+        probe_ids = [order_id for order_id, _ in stack.seed_orders(2000)]
+        stack.db.orders.update_many({"_id": {"$in": probe_ids}}, {"$set": {"user": "ceiling-probe"}})
         builder = Builder(api.name, stack.started_env)
         try:
             def next_batch(n: int) -> list[Notify]:
@@ -274,11 +317,15 @@ def run_api(api: Api, levels: list[int], seconds: float) -> tuple[list[dict[str,
             acknowledged = warm["n"] - warm["errors"]
             for c in levels:
                 r = settle(stack, asyncio.run(load(stack.base_url, api, next_batch(per_level), c, seconds)))
+                # The store's ceiling for the same kind of write, same client, same concurrency, same run.
+                r["store_ceiling"] = asyncio.run(store_ceiling(stack.mongo.url, "bench", probe_ids, c, seconds / 2))
+                r["ratio"] = r["settled_rate"] / r["store_ceiling"] if r["store_ceiling"] else 0.0
                 results.append(r)
                 acknowledged += r["n"] - r["errors"]
                 print(f"  {api.name} concurrency {c}: answered {r['rate']:.0f}/s, p99 {r.get('p99', 0):.1f} ms, "
                       f"errors {r['errors']}; last event confirmed {r['drain_s']:.2f} s after the last answer: "
-                      f"settled {r['settled_rate']:.0f}/s"
+                      f"settled {r['settled_rate']:.0f}/s; the store alone {r['store_ceiling']:.0f} writes/s "
+                      f"(ratio {r['ratio']:.0%})"
                       f"{' (ran out of prepared notifies)' if r['ran_out'] else ''}", flush=True)
             best = max(results, key=lambda r: r["settled_rate"] if not r["errors"] else 0)
             prof = profile(stack, api, next_batch(per_level), int(best["concurrency"]), seconds)
@@ -306,10 +353,10 @@ def main() -> None:
     for name in apis:
         levels_run, profiles[name], checks[name] = run_api(APIS[name], levels, args.seconds)
         results += levels_run
-    rows = [[r["api"], r["concurrency"], r["rate"], r["settled_rate"], r["drain_s"], r["errors"],
-             r.get("p50", 0.0), r.get("p99", 0.0)] for r in results]
-    print(table(rows, ["api", "concurrency", "answered/s", "settled/s", "confirms lag s", "errors",
-                       "p50 ms", "p99 ms"]))
+    rows = [[r["api"], r["concurrency"], r["rate"], r["settled_rate"], r["store_ceiling"], f"{r['ratio']:.0%}",
+             r["drain_s"], r["errors"], r.get("p50", 0.0), r.get("p99", 0.0)] for r in results]
+    print(table(rows, ["api", "concurrency", "answered/s", "settled/s", "store writes/s", "ratio", "confirms lag s",
+                       "errors", "p50 ms", "p99 ms"]))
     for name in apis:
         prof, check = profiles[name], checks[name]
         print(f"\n{name}: profile at concurrency {prof['concurrency']} ({prof['rate']:.0f}/s): server process CPU "
