@@ -216,3 +216,15 @@ async def test_the_summary_is_only_filled_once_the_file_checked_out() -> None:
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+@pytest.mark.gen_test
+async def test_a_coupon_trade_keeps_what_it_asked_beside_what_settled() -> None:
+    """A merchant coupon (免充值券) lowers 应结订单金额 below 订单金额: the
+    order's amount in our books is what the trade asked, so the line keeps both."""
+    coupon = row(**{"应结订单金额": "0.90", "代金券金额": "0.10", "订单金额": "1.00"})
+    data = bill_text([coupon], "`1,`0.90,`0.00,`0.00,`0.00000,`1.00,`0.00")
+    [line], summary = await read(data)
+    assert (line.amount, line.asked, summary.paid) == (90, 100, 90)
+    [golden, *_], _ = await read(GOLDEN.encode())
+    assert (golden.amount, golden.asked) == (1, 1)

@@ -178,3 +178,58 @@ def test_report_json_has_the_contracts_keys() -> None:
     doc = Report(dt.date(2026, 11, 28)).as_json()
     assert {"date", "wechat", "ours", "fixed", "mismatches"} <= set(doc)
     assert doc["date"] == "2026-11-28" and doc["agrees"] is True
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_second_payment_whose_refund_wechat_closed_is_given_back_by_the_bill(
+        shopper: Shopper, operator: Shopper, services: Services) -> None:
+    paid = await pay(shopper, [("tea-longjing", 1)])
+    paid = await eventually(lambda: status_of(shopper, paid["id"], "paid"), message="paid")
+    status, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{paid['id']}")
+    await shopper.request("POST", "/sandbox/wxpay/control", {"refund": {"outcome": "closed"}})
+    status, second = await shopper.request("POST", "/sandbox/wxpay/pay",
+                                           {"code_url": trade["code_url"], "duplicate": True})
+    assert status == 200
+
+    async def closed_refund() -> bool:
+        order = await operator.get_order(paid["id"])
+        return [r["status"] for r in order["refunds"]] == ["closed"]
+
+    await eventually(closed_refund, message="the second payment's refund closed at WeChat")
+    await shopper.request("POST", "/sandbox/wxpay/control", {"refund": {"outcome": "success"}})
+    report = await services.reconciler.run(today())
+    assert [(f.kind, f.transaction_id) for f in report.fixed] == [("second_payment_refunded",
+                                                                   second["transaction_id"])]
+
+    async def given_back() -> bool:
+        order = await operator.get_order(paid["id"])
+        return sorted(r["status"] for r in order["refunds"]) == ["closed", "success"]
+
+    await eventually(given_back, message="a new refund of the second payment succeeded")
+    after = await operator.get_order(paid["id"])
+    assert (after["status"], after["refunded"]) == ("paid", 0), "the sale stands"
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_a_refund_by_hand_of_a_second_payment_is_not_charged_to_the_order(
+        shopper: Shopper, operator: Shopper, services: Services) -> None:
+    paid = await pay(shopper, [("tea-longjing", 1)])
+    paid = await eventually(lambda: status_of(shopper, paid["id"], "paid"), message="paid")
+    status, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{paid['id']}")
+    # The second payment's notify is lost, and someone refunds it by hand at WeChat.
+    status, second = await shopper.request("POST", "/sandbox/wxpay/pay", {
+        "code_url": trade["code_url"], "duplicate": True, "notify": {"drop": True}})
+    assert status == 200
+    by_hand = "RFHAND" + uuid.uuid4().hex[:20]
+    await services.payments.gateway.refund(RefundRequest(
+        paid["id"], by_hand, paid["pay_money"], paid["pay_money"], "by hand", notify_url="",
+        transaction_id=second["transaction_id"]))
+
+    async def settled() -> bool:
+        return (await services.payments.gateway.query_refund(by_hand)).status == "success"
+
+    await eventually(settled, message="the hand-made refund settled at WeChat")
+    report = await services.reconciler.run(today())
+    assert ("refund_of_second_payment", paid["id"]) in kinds(report.mismatches), report.mismatches
+    after = await operator.get_order(paid["id"])
+    assert (after["status"], after["refunded"]) == ("paid", 0), "the order's sale was not refunded"

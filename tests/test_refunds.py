@@ -334,3 +334,19 @@ async def test_pages_of_the_order_list_meet_without_gaps_or_repeats(
         cursor = page["next_cursor"]
     newest_first = sorted(docs, key=lambda d: (d["created_at"], d["_id"]), reverse=True)
     assert seen == [d["_id"] for d in newest_first]
+
+
+@pytest.mark.parametrize("api", ["v2"])
+@pytest.mark.gen_test(timeout=60)
+async def test_the_deadline_of_an_order_refunded_in_full_is_final(
+        api: str, shopper: Shopper, operator: Shopper, services: Services) -> None:
+    """Refunded before its deadline message comes (1 h by default): the timeout
+    worker has nothing to do, and must not choke on the status."""
+    from server.domain.timeouts import Outcome
+
+    order = await paid_order(shopper)
+    status, r = await refund(operator, order["id"], order["pay_money"])
+    assert status == 201
+    assert (await refund_final(operator, order["id"], r["out_refund_no"]))["status"] == "refunded"
+    outcome, _ = await services.timeouts.settle(order["id"])
+    assert outcome is Outcome.FINAL

@@ -303,3 +303,24 @@ async def test_orders_holding_stock_the_old_way_still_settle(services: Services)
     assert sku is not None
     assert sku["stock"] == START - 4 and not sku.get("holds")  # 1 given back, 1 sold, 1 sold after close
     assert await stock_total(services) == before
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_an_old_way_close_cut_short_then_paid_after_close_loses_nothing(services: Services) -> None:
+    """A pre-upgrade order wins its close, and the process dies before the hold
+    goes back; the payment after the close must finish that give-back before
+    taking the stock again, or the hold would be taken twice and kept once."""
+    assert await add_sku(services.store, A, "Crash test item", 100, START)
+    order_id = "20261130legacyclosecut00000001"
+    await services.store.orders.insert_one(
+        {"_id": order_id, "user": "old", "status": "closed", "pay_money": 200, "created_at": time.time(),
+         "expires_at": time.time(), "items": [{"sku_id": A, "name": "x", "price": 100, "num": 2}]})
+    # The close won, its give-back never ran: the hold is still on the SKU.
+    await services.store.skus.update_one({"_id": A}, {"$inc": {"stock": -2}, "$set": {f"holds.{order_id}": 2}})
+    await services.orders.mark_paid_after_close(order_id, "4200000000000000000000000107", time.time())
+    await services.timeouts.settle(order_id)  # the deadline message again: sees it paid, settles
+    await services.orders.finish_bookkeeping()
+    sku = await services.store.skus.find_one({"_id": A})
+    assert sku is not None
+    assert sku["stock"] == START - 2, "sold once: 2 units, not 4"
+    assert not sku.get("holds")

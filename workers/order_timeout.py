@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from aio_pika.abc import AbstractIncomingMessage
 
 from server.domain.timeouts import Outcome, Timeouts
+from server.infra.bus import BusUnavailable
 from server.infra.timeout_queues import ATTEMPT_HEADER, TimeoutQueues
 from server.lifecycle import InFlight
 
@@ -54,9 +55,15 @@ def make_handler(timeouts: Timeouts, queues: TimeoutQueues, stats: Counter[str],
                 else:
                     await _settle(order_id, attempt)
             except Exception:
-                log.exception("timeout %s: unexpected failure; message goes back to the queue", order_id)
-                await asyncio.sleep(1)
-                raise
+                # A fault of ours: looked at again after the retry delay, not at
+                # once (the message back on the queue would come straight back
+                # and, a few of them, hold every prefetch slot).
+                log.exception("timeout %s: unexpected failure; looked at again later", order_id)
+                try:
+                    await queues.retry(order_id, attempt + 1)
+                except BusUnavailable:
+                    await asyncio.sleep(1)
+                    raise  # unacked: back to the queue
             await message.ack()
 
     async def _settle(order_id: str, attempt: int) -> None:

@@ -178,10 +178,13 @@ class Reconciler:
                 "unknown_order", line.out_trade_no, "paid at WeChat for an order we do not know",
                 transaction_id=line.transaction_id, wechat_amount=line.amount))
             return
-        if line.amount != int(order["pay_money"]):
+        # The order's amount is what the trade asked, coupons included (订单金额);
+        # the settled amount (应结订单金额) is less by the merchant's coupons.
+        total = line.asked if line.asked is not None else line.amount
+        if total != int(order["pay_money"]):
             report.mismatches.append(Finding(
                 "amount_differs", order["_id"], "WeChat took another amount than the order's",
-                transaction_id=line.transaction_id, wechat_amount=line.amount, our_amount=int(order["pay_money"])))
+                transaction_id=line.transaction_id, wechat_amount=total, our_amount=int(order["pay_money"])))
             return
         known_second = line.transaction_id in (order.get("duplicate_refunds") or {})
         if order["status"] in PAID_FOR and order.get("transaction_id") == line.transaction_id:
@@ -191,7 +194,7 @@ class Reconciler:
         was = order["status"]
         try:
             after = await self.payments.record_payment(
-                Payment(order["_id"], line.transaction_id, line.amount, line.trade_time.timestamp()),
+                Payment(order["_id"], line.transaction_id, total, line.trade_time.timestamp()),
                 found_by="reconciliation")
         except PaymentNotRecorded as exc:
             report.mismatches.append(Finding("not_recordable", order["_id"], str(exc),
@@ -244,9 +247,18 @@ class Reconciler:
                                              out_refund_no=line.out_refund_no, wechat_amount=line.amount))
             return
         ours = (order.get("refunds") or {}).get(line.out_refund_no)
-        state = RefundState(line.out_refund_no, order["_id"], line.refund_id, line.amount,
+        asked = line.asked if line.asked is not None else line.amount  # what the refund asked, before coupons
+        state = RefundState(line.out_refund_no, order["_id"], line.refund_id, asked,
                             status or REFUND_PROCESSING,
                             line.trade_time.timestamp() if status == REFUND_SUCCESS else None)
+        if ours is None and line.transaction_id and line.transaction_id != order.get("transaction_id"):
+            # Made at WeChat from a second payment's transaction: not the order's
+            # money to count as refunded, and not ours to book without a person.
+            report.mismatches.append(Finding(
+                "refund_of_second_payment", order["_id"],
+                "a refund at WeChat of a transaction that is not the order's sale", transaction_id=line.transaction_id,
+                out_refund_no=line.out_refund_no, wechat_amount=line.amount))
+            return
         if ours is None:
             recorded = await self.refunds.record_made_elsewhere(order["_id"], state)
             if recorded is None:
@@ -259,10 +271,10 @@ class Reconciler:
                                             f"refunded at WeChat ({line.refund_status}), not here: recorded",
                                             out_refund_no=line.out_refund_no, wechat_amount=line.amount))
             return
-        if int(ours["amount"]) != line.amount:
+        if int(ours["amount"]) != asked:
             report.mismatches.append(Finding("refund_amount_differs", order["_id"],
                                              "the refund's amount differs", out_refund_no=line.out_refund_no,
-                                             wechat_amount=line.amount, our_amount=int(ours["amount"])))
+                                             wechat_amount=asked, our_amount=int(ours["amount"])))
             return
         if ours["status"] == REFUND_PROCESSING and status and status != REFUND_PROCESSING:
             await self.refunds.record(state, found_by="reconciliation")

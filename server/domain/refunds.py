@@ -273,6 +273,10 @@ class Refunds:
         if state.refund_id and not refund.get("refund_id"):
             await self.store.orders.update_one({"_id": order["_id"]},
                                                {"$set": {f"refunds.{state.out_refund_no}.refund_id": state.refund_id}})
+        if (state.status in REFUND_FINAL and refund["status"] in REFUND_FINAL
+                and state.status != refund["status"]):
+            log.error("refund %s for %s: WeChat now says %s, we recorded %s (%s); a person must look",
+                      state.out_refund_no, order["_id"], state.status, refund["status"], found_by)
         if state.status not in REFUND_FINAL or refund["status"] != REFUND_PROCESSING:
             return order  # nothing new (still processing, or a repeat of the final word)
         return await self._finish(order, state, found_by)
@@ -285,6 +289,11 @@ class Refunds:
             inc["refunded"] = amount
         if not duplicate and state.status == REFUND_CLOSED:
             inc["refund_reserved"] = -amount  # the money is the order's to refund again
+        unset: dict[str, str] = {}
+        if duplicate and state.status == REFUND_CLOSED:
+            # The second payment is still the shopper's to get back: the next
+            # sight of it (a notify again, the daily bill) makes a new refund.
+            unset[f"duplicate_refunds.{order['refunds'][no].get('transaction_id')}"] = ""
         done = await self.store.orders.find_one_and_update(
             {"_id": order["_id"], f"refunds.{no}.status": REFUND_PROCESSING, f"refunds.{no}.amount": amount},
             {"$set": {f"refunds.{no}.status": state.status, f"refunds.{no}.success_time": state.success_time,
@@ -292,7 +301,7 @@ class Refunds:
                       # The Beijing day it ended: reconciliation finds the day's refunds by it.
                       f"refund_days.{bill_day(state.success_time or time.time())}": True,
                       **log_entry(f"refund_{state.status}_{no}", "system", f"{amount} fen, found by {found_by}")},
-             "$inc": inc},
+             "$inc": inc, **({"$unset": unset} if unset else {})},
             return_document=ReturnDocument.AFTER)
         if done is None:
             return await self.orders.get(order["_id"])  # another path recorded it first
@@ -413,16 +422,23 @@ class Refunds:
 
     async def stale(self, older_than: float, limit: int = 50) -> list[tuple[str, str]]:
         """Refunds processing whose last check is older than ``older_than``
-        seconds: the backstop for a check message that was never published."""
+        seconds: the backstop for a check message that was never published.
+        Every order with an open refund is looked at (not only the first few),
+        so refunds checked on time cannot hide a lost one."""
         now = time.time()
         found: list[tuple[str, str]] = []
-        async for order in self.store.orders.find({"refunds_open": {"$gt": 0}},
-                                                  projection={"refunds": 1}).limit(limit):
-            for no, refund in (order.get("refunds") or {}).items():
-                last = refund.get("checked_at") or refund["created_at"]
-                if refund["status"] == REFUND_PROCESSING and now - last > older_than:
-                    found.append((order["_id"], no))
-        return found
+        cursor = self.store.orders.find({"refunds_open": {"$gt": 0}}, projection={"refunds": 1})
+        try:
+            async for order in cursor:
+                for no, refund in (order.get("refunds") or {}).items():
+                    last = refund.get("checked_at") or refund["created_at"]
+                    if refund["status"] == REFUND_PROCESSING and now - last > older_than:
+                        found.append((order["_id"], no))
+                if len(found) >= limit:
+                    break
+        finally:
+            await cursor.close()
+        return found[:limit]
 
     # -- views ------------------------------------------------------------------------
 

@@ -141,6 +141,8 @@ class Stock:
                 return False
             if order_id in (sku.get(GIVING) or {}):
                 raise Released(order_id)
+            if order_id in (sku.get(TAKING) or {}):
+                return True  # ours already: the reply of a write that went through was lost, and it was retried
             if sku.get("epoch") == epoch:
                 if int(sku["stock"]) < num:
                     return False
@@ -308,6 +310,10 @@ class Stock:
 
     async def _legacy_take_again(self, order: dict[str, Any]) -> None:
         order_id = order["_id"]
+        # Finish the close's give-back first (a crash may have cut it short):
+        # its hold kept would otherwise be taken again on top, then settled
+        # as sold, and n units would be gone.
+        await self._legacy_give_back(order)
         for item in order["items"]:
             sku = await self.store.skus.find_one_and_update(
                 {"_id": item["sku_id"], f"retaken.{order_id}": {"$exists": False}},

@@ -15,7 +15,7 @@ import time
 
 from pymongo.errors import PyMongoError
 
-from server.domain.orders import CLOSED, PAID, REJECTED, RELEASING, RESERVING, UNPAID, Orders
+from server.domain.orders import CLOSED, PAID_FOR, REJECTED, RELEASING, RESERVING, UNPAID, Orders
 from server.domain.payments import Payments
 from server.gateway.abc import PAID_STATES, USERPAYING, PaymentGateway
 from server.gateway.errors import CloseTooEarly, GatewayError, TradeAlreadyPaid, TradeClosed, TradeNotFound
@@ -63,7 +63,7 @@ class Timeouts:
         if status == CLOSED:  # give back what a crash may have kept held
             await self.orders.stock.give_back(order)
             return Outcome.FINAL, 0.0
-        if status == PAID:  # settle what a crash may have left on the SKUs
+        if status in PAID_FOR:  # paid (or since refunded): settle what a crash may have left on the SKUs
             if order.get("compensated"):
                 await self.orders.stock.take_again(order)
             await self.orders.stock.keep_as_sold([order])
@@ -79,7 +79,10 @@ class Timeouts:
             await self.orders.abandon_reservation(order)
             log.info("order %s: abandoned reservation released", order_id)
             return Outcome.FINAL, 0.0
-        assert status == UNPAID
+        if status != UNPAID:
+            # A state this worker has no rule for: nothing to close, nothing to keep retrying.
+            log.error("timeout %s: status %r has no deadline rule; left as it is", order_id, status)
+            return Outcome.FINAL, 0.0
         remaining = order["expires_at"] - time.time()
         if remaining > 0.5:
             return Outcome.NOT_DUE, remaining

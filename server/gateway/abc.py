@@ -124,6 +124,9 @@ class BillLine:
     out_refund_no: str = ""
     refund_id: str = ""
     refund_status: str = ""
+    # What the trade or refund asked for before coupons (订单金额 / 申请退款金额):
+    # our pay_money and refund amounts are these. None when the bill has no such column.
+    asked: int | None = None
 
 
 @dataclass

@@ -53,6 +53,7 @@ MAX_LINE = 64 * 1024  # a real row is well under 2 KiB
 TRADE_TIME, MCH_ID, TRANSACTION_ID, OUT_TRADE_NO = "交易时间", "商户号", "微信订单号", "商户订单号"
 TRADE_STATE, SETTLED_AMOUNT, REFUND_ID, OUT_REFUND_NO = "交易状态", "应结订单金额", "微信退款单号", "商户退款单号"
 REFUND_AMOUNT, REFUND_STATUS, FEE = "退款金额", "退款状态", "手续费"
+ORDER_AMOUNT, REFUND_ASKED = "订单金额", "申请退款金额"  # before coupons: what our books hold
 REQUIRED_COLUMNS = (TRADE_TIME, MCH_ID, TRANSACTION_ID, OUT_TRADE_NO, TRADE_STATE, SETTLED_AMOUNT, REFUND_ID,
                     OUT_REFUND_NO, REFUND_AMOUNT, REFUND_STATUS, FEE)
 # Summary columns.
@@ -228,13 +229,21 @@ class BillReader:
         state, out_trade_no, transaction_id = get(TRADE_STATE), get(OUT_TRADE_NO), get(TRANSACTION_ID)
         if not out_trade_no or not transaction_id or len(out_trade_no) > 64 or len(transaction_id) > 64:
             raise BadBill(f"{where}: no {OUT_TRADE_NO} or {TRANSACTION_ID}")
+        def asked(name: str) -> int | None:
+            """The optional before-coupons column, when the bill has it filled."""
+            if name not in col or get(name) in ("", *NO_VALUE):
+                return None
+            return fen(get(name), f"{where} {name}")
+
         refund_id, out_refund_no = get(REFUND_ID), get(OUT_REFUND_NO)
         if state == REFUND and refund_id not in NO_VALUE and out_refund_no not in NO_VALUE:
             return BillLine(kind=BILL_REFUND, trade_time=when, out_trade_no=out_trade_no,
                             transaction_id=transaction_id, amount=refunded, trade_state=state, fee=fee,
-                            out_refund_no=out_refund_no, refund_id=refund_id, refund_status=get(REFUND_STATUS))
+                            out_refund_no=out_refund_no, refund_id=refund_id, refund_status=get(REFUND_STATUS),
+                            asked=asked(REFUND_ASKED))
         return BillLine(kind=BILL_PAYMENT, trade_time=when, out_trade_no=out_trade_no,
-                        transaction_id=transaction_id, amount=settled, trade_state=state, fee=fee)
+                        transaction_id=transaction_id, amount=settled, trade_state=state, fee=fee,
+                        asked=asked(ORDER_AMOUNT))
 
 
 # -- the raw file: spooled while it downloads, then read back -------------------------
