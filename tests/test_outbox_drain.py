@@ -61,3 +61,12 @@ async def test_an_event_claimed_elsewhere_and_not_yet_due_is_left_alone(services
     assert await events.publish_pending() == 0
     order = await services.store.orders.find_one({"_id": "claimed-elsewhere"})
     assert order is not None and order["pending_event"] == "paid"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_backlog_is_read_up_to_its_cap(services: Services) -> None:
+    await services.store.orders.insert_many([
+        {"_id": f"backlog{i}", "user": "demo", "items": [], "pay_money": 1, "status": "paid", "paid_at": time.time(),
+         "pending_event": "paid", "pending_claim_until": time.time() + 60} for i in range(3)])
+    assert await services.events.backlog() == 3
+    assert await services.events.backlog(cap=2) == 2
