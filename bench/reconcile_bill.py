@@ -30,8 +30,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import BENCH_USER, ROOT, cookie, running_stack, save, table
+from server.gateway.abc import BEIJING
 
-BEIJING = dt.timezone(dt.timedelta(hours=8))
 SKUS = 200
 
 

@@ -16,13 +16,11 @@ import pytest
 
 import settings as settings_mod
 from server.composition.container import Services
-from server.gateway.abc import BILL_PAYMENT, BILL_REFUND, BillSummary
+from server.gateway.abc import BEIJING, BILL_PAYMENT, BILL_REFUND, BillSummary
 from server.gateway.errors import BillNotReady
 from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper
 from tests.support.waiting import eventually
-
-BEIJING = dt.timezone(dt.timedelta(hours=8))
 
 
 @pytest.fixture(params=["v2", "v3"])

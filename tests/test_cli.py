@@ -264,7 +264,7 @@ async def test_reconcile_exit_codes_and_json(env: dict[str, str], mongo_url: str
 
     from pymongo import AsyncMongoClient
 
-    from server.domain.refunds import BEIJING
+    from server.gateway.abc import BEIJING
     from tests.support.shopper import Shopper
 
     db_name = f"rec{uuid.uuid4().hex[:10]}"

@@ -17,8 +17,7 @@ import pytest
 import settings as settings_mod
 from server.composition.container import Services
 from server.domain.reconciliation import Report
-from server.domain.refunds import BEIJING
-from server.gateway.abc import RefundRequest
+from server.gateway.abc import BEIJING, RefundRequest
 from server.gateway.errors import BillNotReady
 from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper

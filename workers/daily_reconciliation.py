@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from server.domain.reconciliation import Reconciler, yesterday_in_beijing
-from server.domain.refunds import BEIJING
+from server.gateway.abc import BEIJING
 from server.gateway.errors import BillNotReady, GatewayError
 from server.infra.store import Store
 from server.lifecycle import InFlight, every

@@ -29,8 +29,9 @@ from typing import Any
 
 from server.domain.orders import PAID_FOR, Orders
 from server.domain.payments import PaymentNotRecorded, Payments
-from server.domain.refunds import BEIJING, Refunds, bill_day, refunds_of
+from server.domain.refunds import Refunds, bill_day, refunds_of
 from server.gateway.abc import (
+    BEIJING,
     BILL_PAYMENT,
     PAID_STATES,
     REFUND_ABNORMAL,

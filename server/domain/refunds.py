@@ -36,6 +36,7 @@ from pymongo import ReturnDocument
 from server.domain.errors import Conflict, InvalidRequest
 from server.domain.orders import PAID, PAID_FOR, OrderNotFound, Orders, log_entry
 from server.gateway.abc import (
+    BEIJING,
     REFUND_ABNORMAL,
     REFUND_CLOSED,
     REFUND_FINAL,
@@ -78,9 +79,6 @@ class RefundChecks(Protocol):
 class Check(enum.Enum):
     FINAL = "final"  # nothing more to do
     AGAIN = "again"  # still processing, or WeChat could not be asked: look again later
-
-
-BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 
 def bill_day(at: float) -> str:

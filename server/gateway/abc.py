@@ -10,6 +10,9 @@ import datetime as dt
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+# WeChat Pay's clock: every time it prints, and the day a bill covers, is Beijing time.
+BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
 # WeChat's trade states, the same words in v2 and v3.
 SUCCESS, REFUND, NOTPAY, CLOSED, USERPAYING = "SUCCESS", "REFUND", "NOTPAY", "CLOSED", "USERPAYING"
 PAID_STATES = frozenset({SUCCESS, REFUND})  # REFUND: paid, then (partly) given back

@@ -35,12 +35,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from decimal import Decimal
 from typing import IO
 
-from server.gateway.abc import BILL_PAYMENT, BILL_REFUND, REFUND, Bill, BillLine, BillSummary
+from server.gateway.abc import BEIJING, BILL_PAYMENT, BILL_REFUND, REFUND, Bill, BillLine, BillSummary
 from server.gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 GZIP_MAGIC = b"\x1f\x8b"
 
 CHUNK = 64 * 1024
@@ -216,7 +215,7 @@ class BillReader:
         if self._mch_id and get(MCH_ID) != self._mch_id:
             raise BadBill(f"{where} is for merchant {get(MCH_ID)[:32]!r}, not ours")
         try:
-            when = dt.datetime.strptime(get(TRADE_TIME), "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA_TZ)
+            when = dt.datetime.strptime(get(TRADE_TIME), "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
         except ValueError:
             raise BadBill(f"{where}: {TRADE_TIME} {get(TRADE_TIME)[:24]!r} is not yyyy-MM-dd HH:mm:ss") from None
         settled = fen(get(SETTLED_AMOUNT), f"{where} {SETTLED_AMOUNT}")

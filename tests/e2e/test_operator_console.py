@@ -70,7 +70,7 @@ def test_operator_finds_an_order_and_refunds_part_of_it(page: Page, server: Serv
 def test_operator_sees_the_days_reconciliation_in_the_console(page: Page, server: ServerProcess) -> None:
     import datetime as dt
 
-    from server.domain.refunds import BEIJING
+    from server.gateway.abc import BEIJING
 
     log_in(page, server.base_url)
     order_and_open_pay_page(page, server.base_url, "tea-longjing")

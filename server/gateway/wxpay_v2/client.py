@@ -19,24 +19,24 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from server.gateway.abc import BEIJING
 from server.gateway.errors import WxPayBadResponse, WxPayError, WxPayReturnFail, WxPayUnreachable, v2_error
 from server.gateway.wxpay_v2 import signing, xmlcodec
 from server.gateway.wxpay_v2.tls import ClientTLS
 
 log = logging.getLogger(__name__)
 
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 # A day's bill can be large: no cap on the whole exchange, only on silence.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 
 
 def wx_time(when: dt.datetime) -> str:
     """WeChat's ``yyyyMMddHHmmss`` in Beijing time."""
-    return when.astimezone(CHINA_TZ).strftime("%Y%m%d%H%M%S")
+    return when.astimezone(BEIJING).strftime("%Y%m%d%H%M%S")
 
 
 def parse_wx_time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=CHINA_TZ)
+    return dt.datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
 
 
 @dataclass(frozen=True)

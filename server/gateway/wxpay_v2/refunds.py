@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 
 from server.gateway.abc import (
+    BEIJING,
     REFUND_ABNORMAL,
     REFUND_CLOSED,
     REFUND_PROCESSING,
@@ -20,8 +21,6 @@ from server.gateway.abc import (
     RefundState,
 )
 from server.gateway.errors import WxPayBadResponse
-
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 
 # WeChat's refund_status words (query and notify) -> ours.
 STATUSES = {
@@ -40,7 +39,7 @@ def fen(text: str | None) -> int | None:
 
 def parse_refund_time(text: str) -> float:
     """``yyyy-MM-dd HH:mm:ss``, Beijing time, as epoch seconds; ValueError when it is not."""
-    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=CHINA_TZ).timestamp()
+    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING).timestamp()
 
 
 def accepted(reply: Mapping[str, str], request: RefundRequest) -> RefundState:

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from yarl import URL
 
+from server.gateway.abc import BEIJING
 from server.gateway.errors import (
     BillNotReady,
     CloseTooEarly,
@@ -42,7 +43,6 @@ from server.gateway.wxpay_v3.verifier import SignatureRejected, Verifier, header
 
 log = logging.getLogger(__name__)
 
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 MAX_ANSWER = 1 << 20
 # A day's bill can be large: no cap on the whole download, only on silence.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
@@ -86,7 +86,7 @@ BILL_KINDS: dict[str, type[GatewayError]] = {**_KINDS, "NO_STATEMENT_EXIST": Bil
 
 def rfc3339(when: dt.datetime) -> str:
     """WeChat's ``yyyy-MM-DDTHH:mm:ss+08:00``."""
-    return when.astimezone(CHINA_TZ).isoformat(timespec="seconds")
+    return when.astimezone(BEIJING).isoformat(timespec="seconds")
 
 
 def parse_rfc3339(text: str) -> dt.datetime:
