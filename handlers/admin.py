@@ -17,7 +17,8 @@ from handlers.views import admin_order_json, refund_json
 from server.domain.catalog import Catalog
 from server.domain.errors import Forbidden, InvalidRequest
 from server.domain.orders import VISIBLE, Orders
-from server.domain.refunds import Refunds, parse_amount, parse_reason
+from server.domain.refund_request import parse_amount, parse_idempotency_key, parse_reason
+from server.domain.refunds import Refunds
 from server.lifecycle import InFlight
 
 PAGE_SIZE = 50
@@ -70,7 +71,7 @@ class RefundsHandler(OperatorJsonHandler):
         if not isinstance(body, dict):
             raise InvalidRequest('body must be {"amount": fen, "reason": "..."}')
         amount, reason = parse_amount(body.get("amount")), parse_reason(body.get("reason"))
-        key = self.request.headers.get("Idempotency-Key")
+        key = parse_idempotency_key(self.request.headers.get("Idempotency-Key"))
         refund, created = await self.refunds.request(order_id, amount, reason, self.user, key)
         self.set_header("Location", f"/api/orders/{order_id}")
         self.send_json(refund_json(refund), status=201 if created else 200)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aio_pika.abc import AbstractIncomingMessage
 from pymongo.errors import PyMongoError
 
-from server.domain.refunds import Check, Refunds
+from server.domain.refund_checks import Check, RefundChecker
 from server.infra.refund_queues import RefundQueues
 from server.lifecycle import InFlight
 
@@ -35,7 +35,7 @@ def parse(body: bytes) -> tuple[str, str, int] | None:
     return order_id[:64], no[:64], attempt
 
 
-def make_handler(refunds: Refunds, queues: RefundQueues, stats: Counter[str],
+def make_handler(refunds: RefundChecker, queues: RefundQueues, stats: Counter[str],
                  messages: InFlight) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     async def handle(message: AbstractIncomingMessage) -> None:
         if not queues.accepting:
@@ -69,5 +69,5 @@ def make_handler(refunds: Refunds, queues: RefundQueues, stats: Counter[str],
     return handle
 
 
-async def start(refunds: Refunds, queues: RefundQueues, stats: Counter[str], messages: InFlight) -> None:
+async def start(refunds: RefundChecker, queues: RefundQueues, stats: Counter[str], messages: InFlight) -> None:
     await queues.consume(make_handler(refunds, queues, stats, messages))

@@ -13,7 +13,7 @@ import time
 from pymongo.errors import PyMongoError
 
 from server.domain.orders import Orders
-from server.domain.refunds import Check, Refunds
+from server.domain.refund_checks import Check, RefundChecker
 from server.domain.timeouts import Outcome, Timeouts
 from server.lifecycle import InFlight, every
 
@@ -40,7 +40,7 @@ async def sweep_once(orders: Orders, timeouts: Timeouts, grace: float,
     return settled
 
 
-async def check_stale_refunds(refunds: Refunds, older_than: float, stop: asyncio.Event | None = None) -> int:
+async def check_stale_refunds(refunds: RefundChecker, older_than: float, stop: asyncio.Event | None = None) -> int:
     """Refunds processing and not looked at for ``older_than`` seconds; returns how many became final."""
     final = 0
     for order_id, no in await refunds.stale(older_than):
@@ -52,7 +52,7 @@ async def check_stale_refunds(refunds: Refunds, older_than: float, stop: asyncio
     return final
 
 
-async def run(orders: Orders, timeouts: Timeouts, refunds: Refunds, interval: float, grace: float,
+async def run(orders: Orders, timeouts: Timeouts, refunds: RefundChecker, interval: float, grace: float,
               refund_grace: float, stopping: asyncio.Event, passes: InFlight) -> None:
     async def one_pass() -> None:
         await sweep_once(orders, timeouts, grace, stopping)

@@ -21,6 +21,7 @@ from server.composition.gateways import Gateway, build_gateway
 from server.domain.orders import Orders
 from server.domain.payments import Payments
 from server.domain.reconciliation import Reconciler
+from server.domain.refund_checks import RefundChecker
 from server.domain.refunds import Refunds
 from server.domain.timeouts import Timeouts
 from server.infra import store as store_mod
@@ -82,6 +83,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.roles = Roles(self.store)
+        self.refund_checker = RefundChecker(self.refunds)
         self.reconciler = Reconciler(self.store, self.orders, self.payments, self.refunds, self.payments.gateway)
         self.reconcile_stats = daily_reconciliation.Outcome()
         self._wire_hooks()
@@ -130,14 +132,14 @@ class Services:
         self.metrics.watch_gc()
         await paynotify_bridge.start(self.bus, self.hub, self.orders)
         await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats, self.deadline_messages)
-        await refund_check.start(self.refunds, self.refund_queues, self.refund_stats, self.refund_messages)
+        await refund_check.start(self.refund_checker, self.refund_queues, self.refund_stats, self.refund_messages)
         cfg = self.settings
         active = active_query.ActiveQuery(self.hub, self.orders, self.payments, cfg.active_query_after_seconds)
         loop = asyncio.get_running_loop()
         stop = self.stopping
         self._workers += [
             loop.create_task(outbox.run(self.events, stop, self.passes), name="outbox"),
-            loop.create_task(sweeper.run(self.orders, self.timeouts, self.refunds, cfg.sweep_interval_seconds,
+            loop.create_task(sweeper.run(self.orders, self.timeouts, self.refund_checker, cfg.sweep_interval_seconds,
                                          cfg.sweep_grace_seconds, 2 * max(cfg.refund_check_delays), stop,
                                          self.passes), name="sweeper"),
             loop.create_task(active_query.run(active, stop, self.passes), name="active-query"),

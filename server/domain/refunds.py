@@ -23,8 +23,6 @@ never got it) until the refund is final.
 from __future__ import annotations
 
 import datetime as dt
-import enum
-import hashlib
 import logging
 import secrets
 import time
@@ -33,8 +31,9 @@ from typing import Any, Protocol
 
 from pymongo import ReturnDocument
 
-from server.domain.errors import Conflict, InvalidRequest
+from server.domain.errors import Conflict
 from server.domain.orders import PAID, PAID_FOR, OrderNotFound, Orders, log_entry
+from server.domain.refund_request import key_slot
 from server.gateway.abc import (
     BEIJING,
     REFUND_ABNORMAL,
@@ -46,17 +45,9 @@ from server.gateway.abc import (
     RefundRequest,
     RefundState,
 )
-from server.gateway.errors import GatewayError, NotifyRejected, RefundNotFound, RefundRefused
+from server.gateway.errors import GatewayError, NotifyRejected, RefundRefused
 
 log = logging.getLogger(__name__)
-
-MAX_REASON = 80  # WeChat's refund_desc / reason: 80 characters
-MAX_KEY = 200  # an Idempotency-Key header longer than this is not a key but a payload
-
-
-class BadRefund(InvalidRequest):
-    pass
-
 
 class NotRefundable(Conflict):
     pass
@@ -76,11 +67,6 @@ class RefundChecks(Protocol):
     async def schedule(self, order_id: str, out_refund_no: str, attempt: int) -> None: ...
 
 
-class Check(enum.Enum):
-    FINAL = "final"  # nothing more to do
-    AGAIN = "again"  # still processing, or WeChat could not be asked: look again later
-
-
 def bill_day(at: float) -> str:
     """The Beijing-time day of an instant, as WeChat's bill dates it (yyyymmdd)."""
     return dt.datetime.fromtimestamp(at, BEIJING).strftime("%Y%m%d")
@@ -89,29 +75,6 @@ def bill_day(at: float) -> str:
 def new_refund_no() -> str:
     """``out_refund_no``: unique, unguessable, dated for a person reading the bill (<= 64 chars)."""
     return "RF" + time.strftime("%Y%m%d", time.gmtime()) + secrets.token_hex(12)
-
-
-def key_slot(idempotency_key: str) -> str:
-    """The key as a field name: any text the client sends, hashed to hex."""
-    return hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:32]
-
-
-def parse_amount(value: object) -> int:
-    # bool is an int in Python; "1" and 1.0 are not amounts in fen.
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise BadRefund("amount must be a positive integer number of fen")
-    return value
-
-
-def parse_reason(value: object) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRefund("reason must be text")
-    reason = value.strip()
-    if len(reason) > MAX_REASON:
-        raise BadRefund(f"reason: at most {MAX_REASON} characters")
-    return reason
 
 
 def refunds_of(order: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -140,8 +103,6 @@ class Refunds:
                       idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
         """An operator's refund of part or all of a paid order. Returns the
         refund and whether this call made it (False: the key's earlier refund)."""
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_KEY:
-            raise BadRefund(f"Idempotency-Key: 1 to {MAX_KEY} characters")
         order = await self.orders.get_owned(who, order_id, any_owner=True)
         slot = key_slot(idempotency_key) if idempotency_key is not None else None
         if slot is not None and slot in (order.get("refund_keys") or {}):
@@ -152,12 +113,7 @@ class Refunds:
         if amount > refundable(order):
             raise NotRefundable(f"{amount} fen is more than the {refundable(order)} fen still refundable")
         no = new_refund_no()
-        if "refund_reserved" not in order:
-            # The condition below needs the field: nx-27017's find_one_and_update
-            # with a top-level $or ("missing or small enough") hands back, under
-            # concurrency, another request's document (see README, "nx-27017").
-            await self.store.orders.update_one({"_id": order_id, "refund_reserved": {"$exists": False}},
-                                               {"$set": {"refund_reserved": 0}})
+        await self._ensure_reserved_field(order)
         condition: dict[str, Any] = {
             "_id": order_id, "status": PAID, "pay_money": pay_money,
             # Refunds not closed, this one included, stay within what was paid.
@@ -202,6 +158,15 @@ class Refunds:
         log.warning("order %s paid twice: refund %s gives back %s (%d fen)", order_id, no, transaction_id, amount)
         return await self._submit(reserved, no)
 
+    async def _ensure_reserved_field(self, order: Mapping[str, Any]) -> None:
+        """``refund_reserved`` present (0) before a reservation's ``$lte`` condition
+        reads it. "Missing or small enough" would need a top-level $or, and
+        nx-27017's find_one_and_update with one hands back, under concurrency,
+        another request's document (README, "nx-27017")."""
+        if "refund_reserved" not in order:
+            await self.store.orders.update_one({"_id": order["_id"], "refund_reserved": {"$exists": False}},
+                                               {"$set": {"refund_reserved": 0}})
+
     def _same_key(self, order: Mapping[str, Any], slot: str, amount: int) -> dict[str, Any]:
         """The refund an Idempotency-Key already made; the key with another amount is a mistake."""
         refund = self._refund_view(order, order["refund_keys"][slot])
@@ -219,20 +184,27 @@ class Refunds:
         """Schedule the refund's check, then ask WeChat. Returns the order after
         WeChat's answer was recorded (None when it could not be)."""
         await self._schedule_check(order["_id"], no, 1)
-        refund = order["refunds"][no]
-        duplicate = bool(refund.get("duplicate"))
+        try:
+            return await self.ask_wechat(order, no, "refund call")
+        except RefundRefusedByWeChat:
+            if not order["refunds"][no].get("duplicate"):
+                raise  # the operator is told; a second payment's refund is retried by the next sight of it
+            return await self.orders.get(order["_id"])
+
+    async def ask_wechat(self, order: dict[str, Any], no: str, found_by: str) -> dict[str, Any] | None:
+        """Send the refund (again: the same request, so never a second refund) and
+        record WeChat's answer. None when WeChat could not say; a refusal closes
+        the refund and raises RefundRefusedByWeChat."""
         try:
             state = await self.gateway.refund(self._request_for(order, no))
         except RefundRefused as exc:
-            closed = await self._close_refused(order["_id"], no, refund, str(exc))
-            if not duplicate:
-                raise RefundRefusedByWeChat(f"WeChat Pay refused the refund: {exc.message or exc.code}") from None
-            return closed
+            await self._close_refused(order["_id"], no, order["refunds"][no], str(exc))
+            raise RefundRefusedByWeChat(f"WeChat Pay refused the refund: {exc.message or exc.code}") from None
         except GatewayError as exc:
             # Maybe made, maybe not: the check asks again with the same out_refund_no.
             log.warning("refund %s for %s: WeChat Pay %s; the check will ask again", no, order["_id"], exc)
             return None
-        return await self.record(state, found_by="refund call")
+        return await self.record(state, found_by=found_by)
 
     def _request_for(self, order: Mapping[str, Any], no: str) -> RefundRequest:
         """The same request every time it is sent: WeChat keys it by out_refund_no."""
@@ -333,9 +305,7 @@ class Refunds:
             return None
         if state.out_refund_no in (order.get("refunds") or {}):
             return order
-        if "refund_reserved" not in order:  # the condition needs it (no $or: README, "nx-27017")
-            await self.store.orders.update_one({"_id": order_id, "refund_reserved": {"$exists": False}},
-                                               {"$set": {"refund_reserved": 0}})
+        await self._ensure_reserved_field(order)
         pay_money, no, amount = int(order["pay_money"]), state.out_refund_no, state.amount
         holds = state.status != REFUND_CLOSED
         inc: dict[str, int] = {"refund_reserved": amount if holds else 0,
@@ -375,69 +345,6 @@ class Refunds:
             raise NotifyRejected(f"refund {state.out_refund_no[:64]!r} is not one we asked for")
         return state.out_refund_no
 
-    async def check(self, order_id: str, no: str) -> Check:
-        """Ask WeChat where the refund stands (sending it again if WeChat never
-        got it) and record the answer."""
-        order = await self.orders.get(order_id)
-        refund = ((order or {}).get("refunds") or {}).get(no)
-        if order is None or refund is None:
-            log.warning("refund check for unknown refund %s of %s dropped", no[:64], order_id[:64])
-            return Check.FINAL
-        if refund["status"] != REFUND_PROCESSING:
-            return Check.FINAL
-        await self.store.orders.update_one({"_id": order_id}, {"$set": {f"refunds.{no}.checked_at": time.time()}})
-        try:
-            state = await self.gateway.query_refund(no)
-        except RefundNotFound:
-            # Our request never reached WeChat (a crash, or a failed call it did
-            # not record): ask again with the same out_refund_no, which cannot
-            # make a second refund.
-            log.info("refund %s for %s unknown to WeChat: asking again", no, order_id)
-            try:
-                await self._resubmit(order, no)
-            except RefundRefusedByWeChat:
-                return Check.FINAL
-            order = await self.orders.get(order_id)
-            return Check.FINAL if order and order["refunds"][no]["status"] != REFUND_PROCESSING else Check.AGAIN
-        except GatewayError as exc:
-            log.warning("refund check %s: WeChat Pay %s; will look again", no, exc)
-            return Check.AGAIN
-        after = await self.record(state, found_by="refund query")
-        if after is None:
-            return Check.FINAL
-        return Check.FINAL if after["refunds"][no]["status"] != REFUND_PROCESSING else Check.AGAIN
-
-    async def _resubmit(self, order: dict[str, Any], no: str) -> None:
-        try:
-            state = await self.gateway.refund(self._request_for(order, no))
-        except RefundRefused as exc:
-            await self._close_refused(order["_id"], no, order["refunds"][no], str(exc))
-            raise RefundRefusedByWeChat(str(exc)) from None
-        except GatewayError as exc:
-            log.warning("refund %s asked again: WeChat Pay %s", no, exc)
-            return
-        await self.record(state, found_by="refund asked again")
-
-    async def stale(self, older_than: float, limit: int = 50) -> list[tuple[str, str]]:
-        """Refunds processing whose last check is older than ``older_than``
-        seconds: the backstop for a check message that was never published.
-        Every order with an open refund is looked at (not only the first few),
-        so refunds checked on time cannot hide a lost one."""
-        now = time.time()
-        found: list[tuple[str, str]] = []
-        cursor = self.store.orders.find({"refunds_open": {"$gt": 0}}, projection={"refunds": 1})
-        try:
-            async for order in cursor:
-                for no, refund in (order.get("refunds") or {}).items():
-                    last = refund.get("checked_at") or refund["created_at"]
-                    if refund["status"] == REFUND_PROCESSING and now - last > older_than:
-                        found.append((order["_id"], no))
-                if len(found) >= limit:
-                    break
-        finally:
-            await cursor.close()
-        return found[:limit]
-
     # -- views ------------------------------------------------------------------------
 
     @staticmethod
@@ -445,5 +352,5 @@ class Refunds:
         return next(r for r in refunds_of(order) if r["out_refund_no"] == no)
 
 
-__all__ = ["BadRefund", "Check", "NotRefundable", "OrderNotFound", "RefundChecks", "RefundRefusedByWeChat",
-           "Refunds", "parse_amount", "parse_reason", "refundable", "refunds_of"]
+__all__ = ["NotRefundable", "OrderNotFound", "RefundChecks", "RefundRefusedByWeChat", "Refunds",
+           "refundable", "refunds_of"]
