@@ -13,6 +13,7 @@ from handlers.base import COOKIE_DAYS, USER_COOKIE, BaseHandler, http_status
 from server.accounts.login_throttle import LoginBusy, LoginRefused, Logins
 from server.domain.catalog import Catalog
 from server.domain.errors import NotFound
+from server.domain.money import yuan
 from server.domain.orders import Orders
 from server.lifecycle import InFlight
 from server.push.routes import ws_base
@@ -23,10 +24,6 @@ KNOWN_LOGIN_COOKIE = "known_login"
 KNOWN_LOGIN_DAYS = 90
 
 MONEY = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
-
-
-def yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
 
 
 # Printable ASCII a Location may carry as it is; the rest is percent-encoded.

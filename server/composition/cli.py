@@ -25,7 +25,8 @@ from server.composition.container import open_services
 from server.composition.demo import DEMO_PASSWORD, DEMO_USER
 from server.composition.web import make_app, make_metrics_app, make_simulator_app
 from server.domain.catalog import InvalidSku, check_sku_fields, list_skus, set_sku
-from server.domain.reconciliation import Report, yesterday_in_beijing
+from server.domain.money import yuan
+from server.domain.reconciliation import yesterday_in_beijing
 from server.gateway.errors import BillNotReady, GatewayError
 from server.infra import logs
 from server.infra.embedded_mongo import EmbeddedMongo
@@ -214,7 +215,7 @@ async def show_skus(settings: settings_mod.Settings, mongo_url: str) -> str:
         await store.close()
     width = max([len(s["id"]) for s in skus] + [2])
     lines = [f"{'id':{width}}  {'stock':>8}  {'price':>10}  name"]
-    lines += [f"{s['id']:{width}}  {s['stock']:>8}  {yuan(s['price']):>10}  {s['name']}" for s in skus]
+    lines += [f"{s['id']:{width}}  {s['stock']:>8}  {'¥' + yuan(s['price']):>10}  {s['name']}" for s in skus]
     return "\n".join(lines)
 
 
@@ -250,28 +251,8 @@ async def reconcile(settings: settings_mod.Settings, mongo_url: str, date: dt.da
     if as_json:
         print(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
     else:
-        print(render_report(report))
+        print(report.as_text())
     return 0 if report.agrees else 1
-
-
-def render_report(report: Report) -> str:
-    w, s, o = report.wechat, report.wechat_summary, report.ours
-    lines = [f"reconciliation of {report.date} (WeChat's bill, Beijing time)",
-             f"  WeChat: {w.payments} payments {yuan(w.paid)}, {w.refunds} refunds {yuan(w.refunded)}, "
-             f"fees {yuan(w.fees)}  (its summary: {s.payments} trades, {yuan(s.paid)} paid, "
-             f"{yuan(s.refunded)} refunded, {yuan(s.fees)} fees)",
-             f"  ours:   {o.payments} payments {yuan(o.paid)}, {o.refunds} refunds {yuan(o.refunded)}",
-             f"  fixed: {len(report.fixed)}"]
-    lines += [f"    {f.kind} {f.out_trade_no} {f.out_refund_no}: {f.detail}".rstrip() for f in report.fixed]
-    lines.append(f"  differences left for a person: {len(report.mismatches)}")
-    lines += [f"    {f.kind} {f.out_trade_no} {f.out_refund_no}: {f.detail} (WeChat {f.wechat_amount}, "
-              f"ours {f.our_amount})" for f in report.mismatches]
-    lines.append("  both sides agree" if report.agrees else "  DIFFERENCES REMAIN")
-    return "\n".join(lines)
-
-
-def yuan(fen: int) -> str:
-    return f"¥{fen // 100}.{fen % 100:02d}"
 
 
 def build_parser() -> argparse.ArgumentParser:

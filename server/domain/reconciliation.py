@@ -24,9 +24,11 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.domain.money import yuan
 from server.domain.orders import PAID_FOR, Orders
 from server.domain.payments import PaymentNotRecorded, Payments
 from server.domain.refunds import Refunds, bill_day, refunds_of
@@ -99,6 +101,22 @@ class Report:
                 "mismatches": [dataclasses.asdict(f) for f in self.mismatches],
                 "agrees": self.agrees, "ran_at": self.ran_at}
 
+    def as_text(self) -> str:
+        """The summary an operator reads (``paypush reconcile``)."""
+        w, s, o = self.wechat, self.wechat_summary, self.ours
+        lines = [f"reconciliation of {self.date} (WeChat's bill, Beijing time)",
+                 f"  WeChat: {w.payments} payments ¥{yuan(w.paid)}, {w.refunds} refunds ¥{yuan(w.refunded)}, "
+                 f"fees ¥{yuan(w.fees)}  (its summary: {s.payments} trades, ¥{yuan(s.paid)} paid, "
+                 f"¥{yuan(s.refunded)} refunded, ¥{yuan(s.fees)} fees)",
+                 f"  ours:   {o.payments} payments ¥{yuan(o.paid)}, {o.refunds} refunds ¥{yuan(o.refunded)}",
+                 f"  fixed: {len(self.fixed)}"]
+        lines += [f"    {f.kind} {f.out_trade_no} {f.out_refund_no}: {f.detail}".rstrip() for f in self.fixed]
+        lines.append(f"  differences left for a person: {len(self.mismatches)}")
+        lines += [f"    {f.kind} {f.out_trade_no} {f.out_refund_no}: {f.detail} (WeChat {f.wechat_amount}, "
+                  f"ours {f.our_amount})" for f in self.mismatches]
+        lines.append("  both sides agree" if self.agrees else "  DIFFERENCES REMAIN")
+        return "\n".join(lines)
+
 
 def day_bounds(date: dt.date) -> tuple[float, float]:
     """The Beijing-time day as epoch seconds [start, end)."""
@@ -126,7 +144,7 @@ class Reconciler:
         bill = await self.gateway.download_bill(date)
         report = Report(date)
         payments: dict[str, list[BillLine]] = {}
-        refunds: dict[str, BillLine] = {}
+        refunds: dict[str, list[BillLine]] = {}
         async for line in bill.lines:
             if line.kind == BILL_PAYMENT:
                 report.wechat.payments += 1
@@ -135,7 +153,7 @@ class Reconciler:
             else:
                 report.wechat.refunds += 1
                 report.wechat.refunded += line.amount
-                refunds[line.out_refund_no] = line
+                refunds.setdefault(line.out_trade_no, []).append(line)
             report.wechat.fees += line.fee
         summary = bill.summary
         report.wechat_summary = Side(payments=summary.trades, paid=summary.paid, refunded=summary.refunded,
@@ -148,19 +166,25 @@ class Reconciler:
                  report.wechat.refunded, len(report.fixed), len(report.mismatches))
         return report
 
+    async def _with_orders(self, lines: dict[str, list[BillLine]]) -> AsyncIterator[tuple[BillLine,
+                                                                                          dict[str, Any] | None]]:
+        """Each bill line (grouped by out_trade_no) with our order, read 500 orders a query."""
+        ids = list(lines)
+        for i in range(0, len(ids), LOOKUP_BATCH):
+            batch = ids[i:i + LOOKUP_BATCH]
+            ours = {o["_id"]: o for o in await self.store.orders.find({"_id": {"$in": batch}}).to_list(None)}
+            for order_id in batch:
+                for line in lines[order_id]:
+                    yield line, ours.get(order_id)
+
     # -- money in -------------------------------------------------------------------------
 
     async def _payments(self, date: dt.date, lines: dict[str, list[BillLine]], report: Report) -> None:
         start, end = day_bounds(date)
         seen_transactions: set[str] = set()
-        ids = list(lines)
-        for i in range(0, len(ids), LOOKUP_BATCH):
-            batch = ids[i:i + LOOKUP_BATCH]
-            ours = {o["_id"]: o for o in await self.store.orders.find({"_id": {"$in": batch}}).to_list(None)}
-            for out_trade_no in batch:
-                for line in lines[out_trade_no]:
-                    seen_transactions.add(line.transaction_id)
-                    await self._payment_line(line, ours.get(out_trade_no), report)
+        async for line, order in self._with_orders(lines):
+            seen_transactions.add(line.transaction_id)
+            await self._payment_line(line, order, report)
         # Paid here that day (by WeChat's own payment time), not in WeChat's bill.
         async for order in self.store.orders.find({"pay_time": {"$gte": start, "$lt": end},
                                                    "status": {"$in": list(PAID_FOR)}}):
@@ -213,20 +237,12 @@ class Reconciler:
 
     # -- money out -----------------------------------------------------------------------
 
-    async def _refunds(self, date: dt.date, lines: dict[str, BillLine], report: Report) -> None:
+    async def _refunds(self, date: dt.date, lines: dict[str, list[BillLine]], report: Report) -> None:
         day = bill_day(day_bounds(date)[0])
         seen: set[str] = set()
-        by_order: dict[str, list[BillLine]] = {}
-        for line in lines.values():
-            by_order.setdefault(line.out_trade_no, []).append(line)
-        ids = list(by_order)
-        for i in range(0, len(ids), LOOKUP_BATCH):
-            batch = ids[i:i + LOOKUP_BATCH]
-            ours = {o["_id"]: o for o in await self.store.orders.find({"_id": {"$in": batch}}).to_list(None)}
-            for order_id in batch:
-                for line in by_order[order_id]:
-                    seen.add(line.out_refund_no)
-                    await self._refund_line(line, ours.get(order_id), report)
+        async for line, order in self._with_orders(lines):
+            seen.add(line.out_refund_no)
+            await self._refund_line(line, order, report)
         # Refunds that ended here that day, not in WeChat's bill.
         async for order in self.store.orders.find({f"refund_days.{day}": {"$exists": True}}):
             for refund in refunds_of(order):
