@@ -1,16 +1,19 @@
 """The flat ``<xml><field>value</field>...</xml>`` documents WeChat Pay v2 speaks.
 
-Parsing is strict: no DTDs or entities (xmltodict refuses entities by default;
-a DOCTYPE is refused before expat sees it), the root must be ``<xml>``, every
-field must be a plain text element that appears once.
+Parsing is strict: no DTDs or entities (a DOCTYPE is refused before expat
+sees it, and expat refuses an entity nobody declared), the root must be
+``<xml>``, every field must be a plain text element that appears once. Values
+lose surrounding whitespace, as WeChat's own SDKs read them.
+
+ElementTree's C parser builds the tree: a notify is parsed on every payment,
+and a pure-Python SAX handler (xmltodict, before) cost about a tenth of the
+notify path's CPU (BENCHMARKS.md, issue 16).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from xml.parsers.expat import ExpatError
-
-import xmltodict
+from xml.etree.ElementTree import Element, ParseError, XMLParser
 
 # WeChat documents no cap on coupon_count (three fields per coupon) and says
 # fields may be added; the 64 KiB body limit is what bounds the work.
@@ -21,6 +24,10 @@ class MalformedXML(ValueError):
     """The body is not a WeChat Pay v2 XML document."""
 
 
+def _loose(text: str | None) -> bool:
+    return bool(text and text.strip())
+
+
 def parse(body: bytes, root_name: str = "xml") -> dict[str, str]:
     """The fields of a flat document whose root is ``root_name`` (``<root>`` inside a
     refund notify's ``req_info``)."""
@@ -28,28 +35,32 @@ def parse(body: bytes, root_name: str = "xml") -> dict[str, str]:
         raise MalformedXML("empty body")
     if b"<!DOCTYPE" in body.upper() or b"<!ENTITY" in body.upper():
         raise MalformedXML("DTDs are not allowed")
+    parser = XMLParser()
     try:
-        doc = xmltodict.parse(body, disable_entities=True)
-    except (ExpatError, ValueError) as exc:
+        parser.feed(body)
+        root: Element = parser.close()
+    except (ParseError, ValueError) as exc:
         raise MalformedXML(f"not XML: {exc}") from None
-    root = doc.get(root_name) if isinstance(doc, dict) else None
-    if len(doc) != 1 or root_name not in doc:
+    if root.tag != root_name:
         raise MalformedXML(f"root element must be <{root_name}>")
-    if root is None:
-        return {}
-    if not isinstance(root, dict):
-        raise MalformedXML(f"<{root_name}> must contain fields")
+    if root.attrib or _loose(root.text):
+        if len(root) == 0 and not root.attrib:
+            raise MalformedXML(f"<{root_name}> must contain fields")
+        raise MalformedXML("attributes and loose text are not allowed")
     if len(root) > MAX_FIELDS:
         raise MalformedXML("too many fields")
     fields: dict[str, str] = {}
-    for name, value in root.items():
-        if name.startswith("@") or name == "#text":
-            raise MalformedXML("attributes and loose text are not allowed")
-        if isinstance(value, list):
+    for field in root:
+        name = field.tag
+        if not isinstance(name, str):  # a comment or processing instruction kept by a tree builder
+            continue
+        if name in fields:
             raise MalformedXML(f"field {name!r} appears more than once")
-        if isinstance(value, dict):
+        if len(field) or field.attrib:
             raise MalformedXML(f"field {name!r} must be plain text")
-        fields[name] = value or ""
+        if _loose(field.tail):
+            raise MalformedXML("attributes and loose text are not allowed")
+        fields[name] = (field.text or "").strip()
     return fields
 
 
