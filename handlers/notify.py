@@ -79,7 +79,8 @@ class NotifyHandler(BaseHandler):
             log.warning("notify not recorded, storage unavailable: %s", type(exc).__name__)
             return self._reply_fail("storage unavailable, retry later", 503)
         self.count("acknowledged")
-        log.info("notify for %s acknowledged", order_id)
+        # The event itself (paid, or reported again) was logged where it was recorded: one line per notify.
+        log.debug("notify for %s acknowledged", order_id)
         self._reply_ok()
 
     async def record(self, body: bytes) -> str:

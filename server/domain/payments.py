@@ -141,6 +141,7 @@ class Payments:
             return order
         if order is None or order["status"] not in (UNPAID, *PAID_FOR, CLOSED):
             raise PaymentNotRecorded(f"unknown order {order_id!r}")
+        repeat = order["status"] in PAID_FOR
         if payment.total_fee != int(order["pay_money"]):
             raise PaymentNotRecorded(f"total_fee {payment.total_fee} is not the order's {order['pay_money']}")
         if order["status"] == CLOSED:
@@ -150,7 +151,11 @@ class Payments:
             _, order = await self.orders.mark_paid(order_id, transaction_id, payment.paid_at, remarks)
         if order is None or order["status"] not in PAID_FOR:
             raise PaymentNotRecorded(f"order {order_id} is {order and order['status']}")
-        if order.get("transaction_id") != transaction_id:
+        if order.get("transaction_id") == transaction_id:
+            if repeat:
+                log.info("order %s: payment %s reported again (%s); already recorded", order_id,
+                         transaction_id, found_by)
+        else:
             # Paid twice at WeChat: the first payment is the sale, the second
             # goes back. Before the notify is answered, so a crash here gets
             # the notify again; a repeat finds the refund already under way.
