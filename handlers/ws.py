@@ -2,8 +2,9 @@
 
 Login cookie and ownership are checked after the upgrade, so a refusal is a
 close code the page can act on: 4401 log in, 4404 not your order, 4429 too many
-sockets. The socket subscribes before it reads the order, then sends the state,
-then each change: no event can fall between the two.
+sockets. The socket subscribes, waits until this process hears its order's
+events from RabbitMQ, then reads the order, sends the state, then each change:
+no event can fall between the two.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SocketDeps:
     cookie_secret: str
     public_netloc: str  # host[:port] of PUBLIC_URL: an accepted Origin behind a proxy
     on_delivered: Callable[[float | None], None]  # an event reached the page (``at``: its transition)
+    # Returns once this process hears the token's events from RabbitMQ (or has waited long enough).
+    heard: Callable[[str], Awaitable[None]]
 
 
 class PaySocket(tornado.websocket.WebSocketHandler):
@@ -86,6 +89,7 @@ class PaySocket(tornado.websocket.WebSocketHandler):
         self.sub = Subscriber(user, order_id, self.deps.tokens.token(order_id), self, self.deps.on_delivered)
         hub.subscribe(self.sub)
         try:
+            await self.deps.heard(self.sub.token)
             order = await self.deps.orders.get_owned(user, order_id)
             await self.sub.start(event_for(order, "status"))
         except NotFound:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aio_pika
 import pytest
 
 from server.composition.container import Services
@@ -66,3 +67,48 @@ async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
     paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
     await services.bus.publish_json(services.push_tokens.routing_key(order["id"]), paid)
     assert await sock.next(within=10, skip_controls=True) == paid
+
+
+async def routed(amqp_url: str, routing_key: str) -> bool:
+    """Whether RabbitMQ routes ``routing_key`` on paynotify to any queue: a
+    mandatory publish that nothing is bound for comes back (basic.return).
+    The body is JSON but no event, so a page that hears it ignores it."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange("paynotify")
+        try:
+            await exchange.publish(aio_pika.Message(b"[]"), routing_key, mandatory=True)
+        except aio_pika.exceptions.DeliveryError:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_bridge_hears_exactly_the_pages_this_process_holds(
+        shopper: Shopper, base_url: str, services: Services) -> None:
+    """Each process's queue is bound to the keys of its own pages, not ``#``:
+    its share of the events does not grow with the number of processes."""
+    amqp_url = services.settings.amqp_url
+    order = await shopper.order([("tea-longjing", 1)])
+    key = services.push_tokens.routing_key(order["id"])
+    assert not await routed(amqp_url, key), "no page waits for this order, yet its events reach a queue"
+
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    # The state is sent only once the key is bound: nothing can fall in between.
+    assert (await sock.next_event())["status"] == "unpaid"
+    assert await routed(amqp_url, key)
+    paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
+    await services.bus.publish_json(key, paid)  # as another process would: only the bridge can bring it
+    assert await sock.next(within=10, skip_controls=True) == paid
+
+    assert services.bridge.queue is not None
+    services.bridge.queue.grace = 0.2
+    sock.close()
+
+    async def unbound() -> bool:
+        return not await routed(amqp_url, key)
+
+    await eventually(unbound, message="the binding goes once the page has left", within=15)

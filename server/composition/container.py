@@ -86,6 +86,7 @@ class Services:
         self.refund_checker = RefundChecker(self.refunds)
         self.reconciler = Reconciler(self.store, self.orders, self.payments, self.refunds, self.payments.gateway)
         self.reconcile_stats = daily_reconciliation.Outcome()
+        self.bridge = paynotify_bridge.Bridge(self.hub, self.orders)
         self._wire_hooks()
         self._expose_metrics()
         self.probes = Probes(self.store, self.bus, self.metrics, self.embedded_mongo, self.events.backlog)
@@ -96,6 +97,9 @@ class Services:
         # A transition made here reaches this process's pages at once, not
         # only after the round trip through RabbitMQ.
         self.events.deliver_locally.add(self.hub.dispatch)
+        # This process hears from RabbitMQ the events of the pages it holds, and only those.
+        self.hub.on_watched.add(self.bridge.watch)
+        self.hub.on_unwatched.add(self.bridge.unwatch)
 
     def _expose_metrics(self) -> None:
         """Gauges and counters read from the live objects when /metrics is scraped."""
@@ -130,7 +134,7 @@ class Services:
 
     async def start_workers(self) -> None:
         self.metrics.watch_gc()
-        await paynotify_bridge.start(self.bus, self.hub, self.orders)
+        await self.bridge.start(self.bus)
         await order_timeout.start(self.timeouts, self.timeout_queues, self.timeout_stats, self.deadline_messages)
         await refund_check.start(self.refund_checker, self.refund_queues, self.refund_stats, self.refund_messages)
         cfg = self.settings
@@ -205,6 +209,7 @@ class Services:
         await self.events.close(within=min(3.0, remaining()))
         if self.simulator is not None:
             await self.simulator.close()
+        await self.bridge.close()
         await self.bus.close(within=min(2.0, remaining()))
         await self.http.close()
         await self.store.close()

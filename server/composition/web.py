@@ -96,7 +96,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     socket = {"deps": ws.SocketDeps(
         hub=services.hub, orders=services.orders, tokens=services.push_tokens,
         cookie_secret=settings.cookie_secret, public_netloc=urlsplit(settings.public_url).netloc.lower(),
-        on_delivered=services.pushed)}
+        on_delivered=services.pushed, heard=services.bridge.heard)}
     routes: list[tornado.web.URLSpec] = [
         tornado.web.url(r"/", pages.ShopPage, page, name="shop"),
         tornado.web.url(r"/login", pages.LoginPage, page, name="login"),

@@ -186,6 +186,11 @@ class Orders:
     async def get(self, order_id: str) -> dict[str, Any] | None:
         return await self.store.orders.find_one({"_id": order_id})
 
+    async def visible(self, order_ids: list[str]) -> list[dict[str, Any]]:
+        """Those of the orders that exist in a visible state, in one query."""
+        return await self.store.orders.find(
+            {"_id": {"$in": order_ids}, "status": {"$in": list(VISIBLE)}}).to_list(None)
+
     async def exists(self, order_id: str) -> bool:
         return await self.store.orders.find_one(
             {"_id": order_id, "status": {"$in": list(VISIBLE)}}, projection={"_id": 1}) is not None

@@ -112,10 +112,9 @@ class OrderEvents:
         went out from the outbox. Returns how many went out."""
         assert self.bus is not None
         bus = self.bus
-        results = await asyncio.gather(
-            *(bus.publish_json(self.tokens.routing_key(o["_id"]), event_for(o, o["pending_event"]),
-                               {TRANSITION_AT: transition_time(o, o["pending_event"])}) for o in orders),
-            return_exceptions=True)
+        results = await bus.publish_events(
+            [(self.tokens.routing_key(o["_id"]), event_for(o, o["pending_event"]),
+              {TRANSITION_AT: transition_time(o, o["pending_event"])}) for o in orders])
         sent = [o for o, r in zip(orders, results, strict=True) if r is None]
         failed = [(o, r) for o, r in zip(orders, results, strict=True) if r is not None]
         self.published += len(sent)

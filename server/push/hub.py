@@ -127,6 +127,10 @@ class Subscriber:
         if self.on_delivered is not None:
             self.on_delivered(at)
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     def ping(self) -> None:
         self.peer.ping_peer()
 
@@ -152,6 +156,10 @@ class PushHub:
         # Told of every new subscriber (the active-query backstop), so nobody
         # has to walk all of them to find the new ones.
         self.on_subscribe: Callbacks[[Subscriber]] = Callbacks("hub.on_subscribe")
+        # A token's first socket here, and its last one gone: what this
+        # process must hear from RabbitMQ (the bridge binds exactly these).
+        self.on_watched: Callbacks[[str]] = Callbacks("hub.on_watched")
+        self.on_unwatched: Callbacks[[str]] = Callbacks("hub.on_unwatched")
 
     def __len__(self) -> int:
         return sum(self._per_user.values())
@@ -165,10 +173,15 @@ class PushHub:
             return set()
         return entry if isinstance(entry, set) else {entry}
 
+    def watched(self) -> list[str]:
+        """The tokens with a socket here."""
+        return list(self._by_token)
+
     def subscribe(self, sub: Subscriber) -> None:
         entry = self._by_token.get(sub.token)
         if entry is None:
             self._by_token[sub.token] = sub
+            self.on_watched(sub.token)
         elif isinstance(entry, set):
             entry.add(sub)
         else:
@@ -183,6 +196,7 @@ class PushHub:
         subs.discard(sub)
         if not subs:
             del self._by_token[sub.token]
+            self.on_unwatched(sub.token)
         elif len(subs) == 1:
             self._by_token[sub.token] = next(iter(subs))
         self._per_user[sub.user] -= 1
@@ -204,13 +218,6 @@ class PushHub:
             else:
                 subs.append(entry)
         return subs
-
-    async def resync(self, current_event: Callable[[str], Awaitable[dict[str, Any] | None]]) -> None:
-        """Offer every socket its order's state again (events may have passed us by)."""
-        for sub in self.subscribers():
-            event = await current_event(sub.order_id)
-            if event is not None:
-                sub.offer(event)
 
     async def keep_alive(self, interval: float, tick: float = 0.1) -> None:
         """Ping every socket once per ``interval``; close those silent for two.

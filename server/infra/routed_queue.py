@@ -1,0 +1,136 @@
+"""A queue bound to exactly the routing keys this process asks for.
+
+The bridge's queue used to be bound with ``#``: every process received every
+event, so each process's work grew with the number of processes. Now it is
+bound to the keys of the pages the process holds, and nothing else reaches it.
+
+One task turns the wanted set into bindings, one RPC at a time on the queue's
+channel. A key given up is unbound only after ``grace`` seconds, so a page
+that reloads (or reconnects to this process) does not cost an unbind and a
+bind. The bindings are not aio-pika's robust ones: its robust queue forgets a
+binding by walking all of them (slow with tens of thousands), so they are
+kept here and made again by ``rebind_all`` after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aio_pika.abc import AbstractExchange, AbstractQueue
+from aio_pika.queue import Queue
+
+from server.lifecycle import Callbacks
+
+log = logging.getLogger(__name__)
+
+UNBIND_GRACE = 10.0
+
+
+class RoutedQueue:
+    def __init__(self, queue: AbstractQueue, exchange: AbstractExchange, grace: float = UNBIND_GRACE,
+                 errors: tuple[type[BaseException], ...] = (Exception,)):
+        self.queue = queue
+        self.exchange = exchange
+        self.grace = grace
+        self._errors = errors
+        self._wanted: set[str] = set()
+        self._bound: set[str] = set()
+        self._given_up: dict[str, float] = {}  # key -> when it stopped being wanted
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.binds = self.unbinds = 0
+        # A key just bound: events for it reach this process from now on.
+        self.on_bound: Callbacks[[str]] = Callbacks("routed_queue.on_bound")
+
+    def __len__(self) -> int:
+        return len(self._bound)
+
+    def want(self, key: str) -> None:
+        self._given_up.pop(key, None)
+        self._wanted.add(key)
+        if key not in self._bound:
+            self._kick()
+
+    def give_up(self, key: str) -> None:
+        self._wanted.discard(key)
+        if key in self._bound and key not in self._given_up:
+            self._given_up[key] = time.monotonic()
+            self._loop.call_later(self.grace, self._wake.set)
+
+    def is_bound(self, key: str) -> bool:
+        return key in self._bound
+
+    async def bound(self, key: str, within: float) -> bool:
+        """Wait (at most ``within`` seconds) until ``key`` is bound; True if it is."""
+        if key in self._bound:
+            return True
+        waiter = self._loop.create_future()
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), within)
+        except TimeoutError:
+            return False
+        finally:
+            waiting = self._waiters.get(key)
+            if waiting and waiter in waiting:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self._waiters[key]
+        return True
+
+    def rebind_all(self) -> None:
+        """After a reconnect the queue is new and bound to nothing: bind every wanted key again."""
+        self._bound.clear()
+        self._given_up.clear()
+        self._kick()
+
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(self._run(), name="routed-queue")
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._converge()
+            except self._errors as exc:
+                # The broker is gone; a reconnect calls rebind_all.
+                log.warning("paynotify bindings not updated: %s: %s", type(exc).__name__, exc)
+
+    async def _converge(self) -> None:
+        while missing := self._wanted - self._bound:
+            for key in missing:
+                if key not in self._wanted:
+                    continue
+                # robust=False: kept in our own set, not aio-pika's (see the module's docstring).
+                await self.queue.bind(self.exchange, key, robust=False)  # type: ignore[call-arg]
+                self.binds += 1
+                self._bound.add(key)
+                if key not in self._wanted:  # given up while its bind was under way
+                    self.give_up(key)
+                for waiter in self._waiters.pop(key, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
+                self.on_bound(key)
+        cutoff = time.monotonic() - self.grace
+        for key, since in list(self._given_up.items()):
+            if since > cutoff or key in self._wanted:
+                continue
+            # The plain queue's unbind: the robust one walks every binding it knows.
+            await Queue.unbind(self.queue, self.exchange, key)  # type: ignore[arg-type]
+            self.unbinds += 1
+            self._bound.discard(key)
+            self._given_up.pop(key, None)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
