@@ -351,3 +351,61 @@ async def test_sku_set_and_list_against_a_running_server(env: dict[str, str]) ->
     finally:
         assert server.stop() == 0, server.output
     assert "SKU tea-longjing stock 48 -> 7, price 8800 -> 9000 (by cli:" in changed.stderr  # the log line
+
+
+def test_processes_share_a_port_with_reuse_port(tmp_path: Path, mongo_url: str, amqp_url: str) -> None:
+    """REUSE_PORT=1: several processes on one HOST:PORT, the kernel spreading
+    connections among them; one stopping leaves the port served by the others.
+    Without it a second process is refused the port, saying so."""
+    port = free_port()
+    env = base_env(tmp_path / "var", MONGO_URL=mongo_url, MONGO_DB=f"t{tmp_path.name[-12:]}", AMQP_URL=amqp_url,
+                   COOKIE_SECRET="shared-secret-" + "x" * 40, SANDBOX="1")
+    first = ServerProcess({**env, "REUSE_PORT": "1"}, port=port).start()
+    second = ServerProcess({**env, "REUSE_PORT": "1"}, port=port).start()
+    try:
+        assert first.stop() == 0, first.output
+        wait_http(second.base_url + "/healthz")  # only the second one can answer now
+        assert second.proc is not None and second.proc.poll() is None
+    finally:
+        assert second.stop() == 0, second.output
+    for server in (first, second):
+        assert "open-file limit" in server.output and "port shared with other processes" in server.output
+        assert "Traceback" not in server.output
+
+    alone = ServerProcess(env, port=port).start()
+    refused = subprocess.run([sys.executable, "-m", "server", "serve"], cwd=ROOT, env={**env, "PORT": str(port)},
+                             capture_output=True, text=True, timeout=60)
+    try:
+        assert refused.returncode != 0
+        assert "cannot listen on" in refused.stderr and "REUSE_PORT=1" in refused.stderr, refused.stderr
+    finally:
+        assert alone.stop() == 0, alone.output
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_notify_is_one_log_line(tmp_path: Path, mongo_url: str, amqp_url: str) -> None:
+    """One line per event: the payment where it is recorded, and a repeat
+    says it was one; no acknowledgement line, no access line for either."""
+    from tests.support.notify_client import post_notify, signed_notify
+    from tests.support.shopper import Shopper
+
+    env = base_env(tmp_path / "var", MONGO_URL=mongo_url, MONGO_DB=f"t{tmp_path.name[-12:]}", AMQP_URL=amqp_url,
+                   SANDBOX="1")
+    server = ServerProcess(env).start()
+    try:
+        shopper = await Shopper.logged_in(server.base_url, "demo", "demo-pass-123")
+        try:
+            order = await shopper.order([("tea-longjing", 1)])
+            for _ in range(2):
+                status, reply = await post_notify(server.base_url, signed_notify(order))
+                assert (status, reply["return_code"]) == (200, "SUCCESS")
+        finally:
+            await shopper.close()
+    finally:
+        assert server.stop() == 0, server.output
+    about = [line for line in server.output.splitlines() if order["id"] in line and " created by " not in line]
+    assert len(about) == 2, about
+    assert f"order {order['id']} paid" in about[0]
+    assert "reported again" in about[1]
+    assert "POST /wxpay/notify" not in server.output  # no access line either
+    assert "POST /api/orders" in server.output  # other requests keep their access line

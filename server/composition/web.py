@@ -66,6 +66,14 @@ class PaypushApplication(tornado.web.Application):
         super().__init__(routes, **settings)
         self.trusted_proxies = tuple(trusted_proxies)
 
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        # One line per event: a notify that was recorded is logged where its
+        # payment was, so its access line would be a second one. Refusals
+        # and failures keep theirs.
+        if isinstance(handler, notify.NotifyHandler) and handler.get_status() < 400:
+            return
+        super().log_request(handler)
+
     def find_handler(self, request: tornado.httputil.HTTPServerRequest,
                      **kwargs: Any) -> tornado.web._HandlerDelegate:
         # Called once per request, before any handler (or the access log) sees it.

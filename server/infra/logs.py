@@ -47,8 +47,3 @@ def configure(fmt: str = "text", level: int = logging.INFO) -> None:
     # aio-pika and aiormq narrate every reconnect attempt at INFO.
     for noisy in ("aiormq", "aio_pika", "pymongo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Tornado's access log is a line per request: a second line for each
-    # notify, whose event is already logged where it was recorded, and the
-    # proxy in front keeps every request anyway. Refused and failed requests
-    # (4xx at WARNING, 5xx at ERROR) are still logged.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
