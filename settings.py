@@ -244,6 +244,10 @@ def setting(env: str, parse: Parse, default: str | None, doc: str, *,
 class Settings:
     host: str = field(metadata=setting("HOST", text, "127.0.0.1", "listen address"))
     port: int = field(metadata=setting("PORT", whole_number(maximum=65535), "8888", "listen port"))
+    reuse_port: bool = field(metadata=setting(
+        "REUSE_PORT", flag, "0",
+        "several paypush processes listen on the same HOST:PORT (SO_REUSEPORT; the kernel spreads "
+        "connections among them); each process holds at most its open-file limit of sockets"))
     public_url: str = field(metadata=setting(
         "PUBLIC_URL", url("http", "https"), None,
         "base URL WeChat can reach; notify_url = `{PUBLIC_URL}/wxpay/notify`; https outside sandbox mode",

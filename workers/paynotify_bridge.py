@@ -61,12 +61,14 @@ class Bridge:
         self.hub = hub
         self.orders = orders
         self.queue: RoutedQueue | None = None
+        self.bus: Bus | None = None
         # Sockets to offer their order's state once their key is bound, read
         # many orders to a query (after a reconnect every key is bound again).
         self._catch_up: Batches[str] = Batches("bridge.catch_up", self._offer_current, limit=1_000_000,
                                                swallow=(PyMongoError,))
 
     async def start(self, bus: Bus) -> None:
+        self.bus = bus
         queue = self.queue = await bus.consume_paynotify(make_handler(self.hub))
         for token in self.hub.watched():
             queue.want(ROUTING_PREFIX + token)
@@ -107,7 +109,9 @@ class Bridge:
 
     async def heard(self, token: str) -> None:
         """Return once events for ``token`` reach this process (or BIND_WAIT has passed)."""
-        if self.queue is not None:
+        # With RabbitMQ away there is nothing to wait for: the page reads its
+        # order now and is caught up when the binding is made after the reconnect.
+        if self.queue is not None and self.bus is not None and self.bus.is_open:
             await self.queue.bound(ROUTING_PREFIX + token, BIND_WAIT)
 
     async def close(self) -> None:

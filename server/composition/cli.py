@@ -9,6 +9,7 @@ import datetime as dt
 import getpass
 import json
 import logging
+import resource
 import signal
 import ssl
 import sys
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
+import tornado.httpserver
+import tornado.netutil
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 import settings as settings_mod
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 # STOP_SECONDS, of which in-flight work gets SHUTDOWN_GRACE_SECONDS and closing
 # connections (each with its own deadline) the rest.
 STOP_SECONDS = 8.5
+LISTEN_BACKLOG = 4096
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -128,9 +132,22 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     services = await open_services(settings, mongo_url, embedded)  # /healthz fails when it dies
     await services.start_workers()
     app = make_app(services)
-    server = app.listen(settings.port, settings.host)  # proxy headers: TRUSTED_PROXIES (server/app.py)
-    log.info("paypush listening on http://%s:%d (public URL %s)", settings.host, settings.port,
-             settings.public_url)
+    server = tornado.httpserver.HTTPServer(app)  # proxy headers: TRUSTED_PROXIES (web.py)
+    # A deep accept queue (the kernel caps it at net.core.somaxconn): a flash
+    # sale or a restart sends thousands of pages at once, and Tornado's 128
+    # would refuse most of them for a retry.
+    try:
+        listening = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG,
+                                                 reuse_port=settings.reuse_port)
+    except OSError as exc:
+        await services.close()
+        hint = "" if settings.reuse_port else " (paypush processes share a port with REUSE_PORT=1 on each)"
+        raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
+    server.add_sockets(listening)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log.info("paypush listening on http://%s:%d (public URL %s%s); open-file limit %d (hard %d): each waiting "
+             "pay page holds one", settings.host, settings.port, settings.public_url,
+             ", port shared with other processes" if settings.reuse_port else "", soft, hard)
     metrics_server = None
     if not settings.sandbox:  # sandbox: /metrics is on the main listener
         metrics_server = make_metrics_app(services).listen(settings.metrics_port, settings.metrics_host)
