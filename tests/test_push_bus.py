@@ -112,3 +112,21 @@ async def test_the_bridge_hears_exactly_the_pages_this_process_holds(
         return not await routed(amqp_url, key)
 
     await eventually(unbound, message="the binding goes once the page has left", within=15)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_page_is_caught_up_from_the_store_when_its_key_is_bound_again(
+        shopper: Shopper, base_url: str, services: Services) -> None:
+    """After a reconnect the queue is new and bound to nothing: each key bound
+    again brings its pages their order's state, read from the store, so an
+    event that passed while nothing was bound is not lost. Here the order
+    becomes paid in the store with no event at all: only that read can tell the page."""
+    order = await shopper.order([("fan-silk", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await sock.next_event())["status"] == "unpaid"
+    await services.store.orders.update_one({"_id": order["id"]}, {"$set": {"status": "paid"}})
+    assert services.bridge.queue is not None
+    binds = services.bridge.queue.binds
+    services.bridge.queue.rebind_all()
+    assert (await sock.next(within=10, skip_controls=True))["status"] == "paid"
+    assert services.bridge.queue.binds > binds
