@@ -37,8 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -48,6 +47,7 @@ from bench.harness import (
     new_plot,
     notify_body,
     percentiles,
+    rabbitmq_pid,
     running_stack,
     sandbox_v3_keys,
     save,
@@ -124,35 +124,70 @@ class Builder:
 
 # -- load -----------------------------------------------------------------------------
 
+def encode_requests(base_url: str, api: Api, notifies: list[Notify]) -> list[bytes]:
+    """Each notify as the bytes of one HTTP/1.1 request, built before the level
+    starts: the generator then costs one write and one short read per notify,
+    as near as this machine gets to WeChat's senders being elsewhere."""
+    host = urlsplit(base_url).netloc
+    out = []
+    for body, headers in notifies:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        out.append(f"POST {api.path} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+                   .encode("latin-1") + body)
+    return out
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """One request on a kept-alive connection; (status, body)."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, await reader.readexactly(length) if length else b""
+
+
 async def load(base_url: str, api: Api, notifies: list[Notify], concurrency: int,
                seconds: float) -> dict[str, Any]:
-    queue = collections.deque(notifies)
+    """``concurrency`` kept-alive connections sending the level's notifies back
+    to back; each answer is read and checked. A raw HTTP/1.1 client rather than
+    aiohttp: aiohttp took about a third of a core at these rates, CPU the
+    server and the store then lacked (WeChat's senders are not on our machine)."""
+    queue = collections.deque(encode_requests(base_url, api, notifies))
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
-    url = base_url + api.path
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+    where = urlsplit(base_url)
+    cpu0 = time.process_time()
 
-        async def worker() -> None:
-            nonlocal errors
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(where.hostname, where.port)
+        try:
             while time.perf_counter() < stop_at and queue:
-                body, headers = queue.popleft()
+                request = queue.popleft()
                 t0 = time.perf_counter()
                 try:
-                    async with http.post(url, data=body, headers=headers,
-                                         timeout=aiohttp.ClientTimeout(total=10)) as resp:
-                        ok = api.accepted(resp.status, await resp.read())
-                except (TimeoutError, aiohttp.ClientError):
+                    status, body = await asyncio.wait_for(exchange(reader, writer, request), 10)
+                    ok = api.accepted(status, body)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                     ok = False
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(where.hostname, where.port)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 errors += not ok
+        finally:
+            writer.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     stats = percentiles(latencies)
     return {"api": api.name, "concurrency": concurrency, "rate": len(latencies) / elapsed, "errors": errors,
-            "elapsed": elapsed,
+            "elapsed": elapsed, "generator_cpu_share": (time.process_time() - cpu0) / elapsed,
             "ran_out": not queue and elapsed < seconds * 0.95, **stats}
 
 
@@ -219,11 +254,15 @@ def summarise(raw: Path) -> dict[str, object]:
 
 async def store_ceiling(mongo_url: str, db: str, order_ids: list[str], concurrency: int,
                         seconds: float) -> float:
-    """The store's own rate for the notify's kind of write, at the same concurrency
-    and through the same client: find_one_and_update of one order conditioned on
-    its status and amount, setting what a payment sets (paid fields, outbox, log
-    entry), answering the document. The orders flip unpaid <-> paid, so the
-    collection and the documents keep their size."""
+    """The store's own rate for a notify's writes, at the same concurrency and
+    through the same client: the ``find_one_and_update`` of one order
+    conditioned on its status and amount, setting what a payment sets (paid
+    fields, outbox, log entry) and answering the document; and its share of
+    the outbox clears, which one task makes for whatever has piled up
+    meanwhile (``update_many``, as the server's event batches do). A write is
+    counted when its clear is done, as a notify is counted when it settles.
+    The orders flip unpaid <-> paid, so the collection and the documents keep
+    their size."""
     from pymongo import AsyncMongoClient, ReturnDocument
 
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
@@ -231,11 +270,13 @@ async def store_ceiling(mongo_url: str, db: str, order_ids: list[str], concurren
     ids = collections.deque(order_ids)
     status = {order_id: "unpaid" for order_id in order_ids}
     status.update({d["_id"]: d["status"] async for d in orders.find({"_id": {"$in": order_ids}}, {"status": 1})})
+    to_clear: list[tuple[str, str]] = []
+    wake = asyncio.Event()
+    writing = True
     done = 0
     stop_at = time.perf_counter() + seconds
 
     async def worker() -> None:
-        nonlocal done
         while time.perf_counter() < stop_at:
             order_id = ids.popleft()
             ids.append(order_id)
@@ -247,14 +288,49 @@ async def store_ceiling(mongo_url: str, db: str, order_ids: list[str], concurren
                           "paid_at": time.time(), "pending_event": to, "pending_claim_until": time.time() + 10,
                           "logs.ceiling": {"who": "bench", "remarks": order_id, "at": time.time()}}},
                 return_document=ReturnDocument.AFTER)
-            done += 1
+            to_clear.append((order_id, to))
+            wake.set()
+
+    async def clearer() -> None:
+        nonlocal done
+        while writing or to_clear:
+            await wake.wait()
+            wake.clear()
+            while to_clear:
+                batch = to_clear[:256]
+                del to_clear[:256]
+                for kind in {k for _, k in batch}:
+                    await orders.update_many(
+                        {"_id": {"$in": [i for i, k in batch if k == kind]}, "pending_event": kind},
+                        {"$unset": {"pending_event": "", "pending_claim_until": "", "pending_claimed_by": ""},
+                         "$set": {f"published.{kind}": time.time()}})
+                done += len(batch)
+
+    async def writers() -> None:
+        nonlocal writing
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        writing = False
+        wake.set()
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(writers(), clearer())
     elapsed = time.perf_counter() - started
-    await orders.update_many({"_id": {"$in": order_ids}}, {"$unset": {"pending_event": ""}})
     await client.close()
     return done / elapsed
+
+
+def cpu_by_process(stack) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """CPU seconds so far of everything that shares the 2 cores during a level."""
+    return {"server": cpu_seconds(stack.server_pid), "nx-27017": cpu_seconds(stack.mongo_pid),
+            "RabbitMQ": cpu_seconds(rabbitmq_pid()), "bench": time.process_time()}
+
+
+def cores_used(before: dict[str, float], after: dict[str, float], elapsed: float) -> dict[str, float]:
+    """Cores each process kept busy over ``elapsed`` seconds (the bench: the
+    load generator and the settling checks)."""
+    used = {k: (after[k] - before[k]) / elapsed for k in before}
+    used["all"] = sum(used.values())
+    return used
 
 
 def outbox_backlog(stack) -> int:  # type: ignore[no-untyped-def]
@@ -316,16 +392,21 @@ def run_api(api: Api, levels: list[int], seconds: float) -> tuple[list[dict[str,
             warm = settle(stack, asyncio.run(load(stack.base_url, api, next_batch(200), 8, 2)))  # warm-up
             acknowledged = warm["n"] - warm["errors"]
             for c in levels:
-                r = settle(stack, asyncio.run(load(stack.base_url, api, next_batch(per_level), c, seconds)))
+                batch = next_batch(per_level)
+                before, t0 = cpu_by_process(stack), time.perf_counter()
+                r = settle(stack, asyncio.run(load(stack.base_url, api, batch, c, seconds)))
+                r["cores"] = cores_used(before, cpu_by_process(stack), time.perf_counter() - t0)
                 # The store's ceiling for the same kind of write, same client, same concurrency, same run.
-                r["store_ceiling"] = asyncio.run(store_ceiling(stack.mongo.url, "bench", probe_ids, c, seconds / 2))
+                r["store_ceiling"] = asyncio.run(store_ceiling(stack.mongo.url, "bench", probe_ids, c, seconds))
                 r["ratio"] = r["settled_rate"] / r["store_ceiling"] if r["store_ceiling"] else 0.0
                 results.append(r)
                 acknowledged += r["n"] - r["errors"]
                 print(f"  {api.name} concurrency {c}: answered {r['rate']:.0f}/s, p99 {r.get('p99', 0):.1f} ms, "
                       f"errors {r['errors']}; last event confirmed {r['drain_s']:.2f} s after the last answer: "
                       f"settled {r['settled_rate']:.0f}/s; the store alone {r['store_ceiling']:.0f} writes/s "
-                      f"(ratio {r['ratio']:.0%})"
+                      f"(ratio {r['ratio']:.0%}); cores used: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
+                      + f" (the generator's own {r['generator_cpu_share']:.2f})"
                       f"{' (ran out of prepared notifies)' if r['ran_out'] else ''}", flush=True)
             best = max(results, key=lambda r: r["settled_rate"] if not r["errors"] else 0)
             prof = profile(stack, api, next_batch(per_level), int(best["concurrency"]), seconds)
