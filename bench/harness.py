@@ -192,7 +192,7 @@ class Stack:
     key files, to play WeChat's side of notifies.
     """
 
-    def __init__(self, *, profile: str | None = None, api: str = "v2", **env: str):
+    def __init__(self, *, profile: str | None = None, api: str = "v2", code: Path = ROOT, **env: str):
         if api not in ("v2", "v3"):
             raise ValueError(f"api must be v2 or v3, got {api!r}")
         raise_fd_limit()
@@ -204,6 +204,7 @@ class Stack:
         self.profile = profile
         self.api = api
         self.extra_env = env
+        self.code = code  # the checkout the paypush processes run (another commit's, to compare)
         self.started_env: dict[str, str] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.server: subprocess.Popen[bytes] | None = None
@@ -231,24 +232,38 @@ class Stack:
         cmd = [sys.executable, "-m", "server", "serve"]
         if self.profile:
             cmd = [sys.executable, "-m", "cProfile", "-o", self.profile, "-m", "server", "serve"]
-        self.server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.server = subprocess.Popen(cmd, cwd=self.code, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.server)
         wait_http(self.base_url + "/healthz")
         self.db = MongoClient(self.mongo.url)["bench"]
         self.db.users.update_one({"_id": BENCH_USER}, {"$set": {"password": "x"}}, upsert=True)
         return self
 
-    def add_server(self) -> str:
+    def add_server(self, port: int | None = None) -> str:
         """One more paypush process on the same MongoDB and RabbitMQ (as behind a
-        load balancer); returns its base URL."""
-        port = free_port()
-        log = open(self.tmp / f"server-{port}.log", "wb")  # noqa: SIM115 - lives as long as the stack
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=ROOT,
+        load balancer); returns its base URL. ``port``: share that one (the
+        stack's env then has REUSE_PORT=1)."""
+        return self.spawn_server(port)[1]
+
+    def spawn_server(self, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+        """``add_server``, also returning the process; it is up once it answers /healthz
+        (on a shared port: once its start-up line is in its log)."""
+        port = port or free_port()
+        log_path = self.tmp / f"server-{port}-{len(self.procs)}.log"
+        log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the stack
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], cwd=self.code,
                                 env={**self.env(), "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         base_url = f"http://127.0.0.1:{port}"
-        wait_http(base_url + "/healthz")
-        return base_url
+        if port == self.port:
+            deadline = time.monotonic() + 60
+            while b"paypush listening" not in log_path.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"paypush did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+        else:
+            wait_http(base_url + "/healthz")
+        return proc, base_url
 
     @property
     def mongo_pid(self) -> int:
@@ -336,14 +351,14 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def new_plot():  # type: ignore[no-untyped-def]
-    """A figure and axes for a result plot (headless)."""
+def new_plot(ncols: int = 1):  # type: ignore[no-untyped-def]
+    """A figure and axes for a result plot (headless); ``ncols`` side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(7, 4))
+    return plt.subplots(1, ncols, figsize=(7 * ncols, 4))
 
 
 def save_plot(fig, name: str) -> Path:  # type: ignore[no-untyped-def]
