@@ -25,7 +25,7 @@ RULE_CONSTANTS = {name: int(value) for name, value in CONSTANT.findall(PAY_JS)}
 class Draws(random.Random):
     """Hands out the given numbers in turn, as the page's Math.random() is made to under Node."""
 
-    def __init__(self, draws: list[float]):
+    def __init__(self, draws: list[float]) -> None:
         super().__init__()
         self.draws = list(draws)
 
