@@ -9,13 +9,19 @@
   const stateText = document.getElementById("state");
   const orderId = root.dataset.orderId;
 
+  // The reconnect rules. bench/page_rules.py applies the same to the
+  // benchmarks' stand-in pages; tests/test_page_rules.py keeps the two in step.
   const POLL_MS = 2000;
   const POLL_AFTER_FAILURES = 2;
   const FIRST_RETRY_MS = 1000;
   const MAX_RETRY_MS = 15000;
+  const RESTART_SPREAD_MS = 12000; // why this window: see retryDelay
   // The page socket's refusals (handlers/ws.py); any other close is retried.
   const CLOSE_LOGIN = 4401;
   const CLOSE_NOT_FOUND = 4404;
+  // The server is leaving (a paypush process stopping closes every socket so):
+  // no failure of the page's.
+  const CLOSE_GOING_AWAY = 1001;
 
   // ---- Leaving the page ---------------------------------------------------
 
@@ -86,8 +92,9 @@
   //   connecting  the first attempt is under way
   //   live        a route is subscribed to the order's events
   //   retrying    the route was lost or refused; the next attempt waits out the backoff
-  //   polling     POLL_AFTER_FAILURES attempts failed in a row: the order is read every
-  //               POLL_MS while attempts go on with the same backoff
+  //   polling     POLL_AFTER_FAILURES attempts failed in a row (a close with 1001 is
+  //               no failure): the order is read every POLL_MS while attempts go on
+  //               with the same backoff
   // #pay's data-connection is the phase, or the route's name ("ws", "stomp") when live.
 
   const PHASE_TEXT = {
@@ -108,11 +115,27 @@
     root.dataset.connection = phase === "live" ? route.name : phase;
   }
 
-  // Exponential, capped, and spread over the upper half of each step, so pages
-  // cut off together (a deploy, a broker restart) do not all come back together.
-  function retryDelay(failuresInARow) {
-    const ceiling = Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** (failuresInARow - 1));
-    return ceiling * (0.5 + Math.random() / 2);
+  // Each delay is uniformly random over its whole window (full jitter), so that
+  // pages cut off together do not come back together.
+  //
+  // A close with 1001 is a planned stop: all the ~20k pages of that process
+  // come back at once to the processes left, each socket costing a store read
+  // and a binding (made one at a time per process, server/infra/routed_queue.py).
+  // RESTART_SPREAD_MS = 12 s spreads them to ~1,700 opens/s in all (~420/s on
+  // each of the four processes left of five) instead of the ~40k/s of a 0.5 s
+  // window. All are still back well within the 60 s a restart is allowed, even
+  // a page whose attempt then fails four times (12 + 1 + 2 + 4 + 8 s). The cost
+  // is the shopper's: no polling meanwhile, so a payment made while the page
+  // is away shows when it is back, at most 12 s later (6 s on average); 15 s
+  // would cut the rate by a fifth for 3 s more of that wait.
+  //
+  // Any other loss (a refusal, a crash, the network): exponential from
+  // FIRST_RETRY_MS, capped at MAX_RETRY_MS. The whole step rather than its
+  // upper half: a crashed process's pages (no 1001) are also cut off together,
+  // and the whole step halves the peak of their first retry.
+  function retryDelay(failuresInARow, closedWith) {
+    if (closedWith === CLOSE_GOING_AWAY) return Math.random() * RESTART_SPREAD_MS;
+    return Math.random() * Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** (failuresInARow - 1));
   }
 
   function connect() {
@@ -124,7 +147,7 @@
       mine.close = route.open({ subscribed: current(connectionLive), received: current(onEvent),
                                 lost: current(connectionLost) });
     } catch (e) {
-      current(connectionLost)(); // e.g. a malformed push URL: polling still works
+      current(connectionLost)(null); // e.g. a malformed push URL: polling still works
     }
   }
 
@@ -134,16 +157,21 @@
     enter("live");
   }
 
-  function connectionLost() {
+  // closedWith: the socket's close code, or null when there is none.
+  function connectionLost(closedWith) {
     attempt = null;
-    failures += 1;
+    // The server going away is no failure: the order's state is safe in the
+    // store and the next socket's first message is that state. Counted, it
+    // would set the stopped process's pages polling as soon as their first
+    // attempt failed, while the processes left are busy taking them.
+    if (closedWith !== CLOSE_GOING_AWAY) failures += 1;
     if (failures >= POLL_AFTER_FAILURES) {
       startPolling();
       enter("polling");
     } else {
       enter("retrying");
     }
-    retryTimer = setTimeout(connect, retryDelay(failures));
+    retryTimer = setTimeout(connect, retryDelay(failures, closedWith));
   }
 
   function stopConnecting() {
@@ -157,7 +185,8 @@
   // open(callbacks) starts one connection and returns its close(). It calls
   // subscribed() once the order's events are sure to arrive and its current
   // state has been read after that, received(event) for each event, and
-  // lost() once, when the connection closes or never opens.
+  // lost(code) once, when the connection closes (its close code) or never
+  // opens (null).
 
   // The server names the socket's path and query (push.ws); the origin is the
   // page's own. push.ws is built from PUBLIC_URL, the address WeChat's notifies
@@ -189,7 +218,7 @@
         ws.onclose = (ev) => {
           if (ev.code === CLOSE_NOT_FOUND) { leave("/payfail.html"); return; }
           if (ev.code === CLOSE_LOGIN) readState(); // goes to the login page if the session ended
-          lost();
+          lost(ev.code);
         };
         return () => ws.close(1000);
       },
@@ -240,9 +269,9 @@
             client.watchForReceipt(receipt, () => { subscribed(); readState(); });
             client.subscribe(stomp.destination, (m) => received(parseJson(m.body)), { receipt });
           };
-          client.onWebSocketClose = () => { client.deactivate(); lost(); };
+          client.onWebSocketClose = (ev) => { client.deactivate(); lost(ev.code); };
           client.activate();
-        }, () => { if (!closed) lost(); });
+        }, () => { if (!closed) lost(null); });
         return () => { closed = true; if (client) client.deactivate(); };
       },
     };

@@ -111,14 +111,30 @@ def pay_with_simulator(page: Page) -> None:
 def watch_connection(page: Page) -> None:
     """From now on, each new value of the pay page's data-connection is appended
     to <body data-seen> (space-separated), so a test can wait for a sequence of
-    states however briefly each one lasted."""
+    states however briefly each one lasted. <body data-entered> counts the
+    states entered, the same one again included (``retrying`` after another
+    failed attempt). The sequence is also kept in the tab's sessionStorage,
+    which outlives the page's leaving for the success page (``connections_seen``)."""
     page.evaluate("""() => {
         const pay = document.getElementById("pay");
         const seen = [pay.dataset.connection];
-        document.body.dataset.seen = seen.join(" ");
-        new MutationObserver(() => {
-            if (pay.dataset.connection === seen[seen.length - 1]) return;
-            seen.push(pay.dataset.connection);
+        let entered = 0;
+        const show = () => {
             document.body.dataset.seen = seen.join(" ");
+            document.body.dataset.entered = String(entered);
+            sessionStorage.setItem("connections-seen", seen.join(" "));
+        };
+        show();
+        // Setting an attribute makes a record even when its value stays the same.
+        new MutationObserver((records) => {
+            entered += records.length;
+            if (pay.dataset.connection !== seen[seen.length - 1]) seen.push(pay.dataset.connection);
+            show();
         }).observe(pay, { attributeFilter: ["data-connection"] });
     }""")
+
+
+def connections_seen(page: Page) -> str:
+    """The pay page's data-connection values since ``watch_connection``, read in
+    the same tab after the pay page has gone (same origin)."""
+    return str(page.evaluate("sessionStorage.getItem('connections-seen')"))

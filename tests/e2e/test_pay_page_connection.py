@@ -1,5 +1,6 @@
 """The pay page's connection in Chromium: lost, refused or unreachable, it
-retries with backoff, polls meanwhile, and still reaches the success page."""
+retries with backoff, polls meanwhile, and still reaches the success page;
+closed by a stopping server (1001), it comes back without polling."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Page, expect
 
+from bench import page_rules
 from server.infra.embedded_mongo import free_port
 from tests.e2e.conftest import (
+    connections_seen,
     log_in,
     order_and_open_pay_page,
     pay_with_simulator,
@@ -113,29 +116,46 @@ def test_refused_socket_falls_back_to_polling_and_still_reaches_success(
 
 
 @pytest.mark.e2e
-def test_page_reconnects_after_its_server_restarts_and_still_reaches_success(
+def test_page_comes_back_live_after_its_server_restarts_and_shows_a_payment_made_meanwhile(
         page: Page, tmp_path: Path, mongo_url: str, amqp_url: str, stomp_user: BrowserUser) -> None:
     first = ServerProcess(server_env(tmp_path / "var", mongo_url, amqp_url, stomp_user)).start()
     second: ServerProcess | None = None
     try:
+        # The page's timers on Playwright's clock: they run as usual until the
+        # test pauses them, which keeps the page away for as long as it needs.
+        page.clock.install()
         log_in(page, first.base_url)
         order_and_open_pay_page(page, first.base_url, "tea-longjing")
-        expect(page.locator("#pay")).to_have_attribute("data-connection", "ws")
+        pay = page.locator("#pay")
+        expect(pay).to_have_attribute("data-connection", "ws")
         watch_connection(page)
+        order_reads: list[str] = []
+        page.on("request", lambda req: order_reads.append(req.url) if "/api/orders/" in req.url else None)
+        page.clock.pause_at(page.evaluate("Date.now()"))
 
         stopped_cleanly(first)  # SIGTERM: the page's socket is closed with 1001 Going Away
-        expect(page.locator("#pay")).to_have_attribute("data-connection", "polling", timeout=10000)
+        expect(page.locator("body")).to_have_attribute("data-seen", "ws retrying")
+        expect(page.locator("#state")).to_have_text("Reconnecting…")
+        # Its attempt comes within the restart spread, and finds no server: refused.
+        page.clock.run_for(page_rules.RESTART_SPREAD_MS)
+        expect(page.locator("body")).to_have_attribute("data-entered", "2")  # the stop, then the refusal
+        # The stop was no failure of the page's: one refused attempt after it does not start polling.
+        expect(pay).to_have_attribute("data-connection", "retrying")
+
         # The same port, database and cookie secret: a deploy's restart.
         second = ServerProcess(first.env, port=first.port).start()
-        expect(page.locator("body")).to_have_attribute("data-seen", "ws retrying polling ws",
-                                                       timeout=20000)
-        # The simulator's trades went with the old process: WeChat's notify, as WeChat sends it.
-        order = page.request.get(f"{second.base_url}/api/orders/{page.locator('#pay').get_attribute('data-order-id')}")
+        # WeChat's notify, as WeChat sends it (the simulator's trades went with
+        # the old process), while the page's next attempt waits on the paused clock.
+        order = page.request.get(f"{second.base_url}/api/orders/{pay.get_attribute('data-order-id')}")
         notify = urllib.request.Request(second.base_url + "/wxpay/notify", data=signed_notify(order.json()),
                                         headers={"Content-Type": "text/xml"})
         with urllib.request.urlopen(notify, timeout=10) as resp:
             assert b"SUCCESS" in resp.read()
+        page.clock.resume()
         expect(page).to_have_url(PAID, timeout=10000)
+        # Back over its socket, whose first message was the order's state: the page never polled.
+        assert connections_seen(page) == "ws retrying ws"
+        assert not order_reads, order_reads
     finally:
         if second is not None:
             stopped_cleanly(second)
