@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from server.composition.cli import STOP_SECONDS
 from server.infra.embedded_mongo import free_port
 from tests.support.metrics import sample
 from tests.support.notify_client import post_notify, signed_notify
@@ -50,10 +51,11 @@ def with_servers(conf: str, ports: list[int]) -> str:
     """Each upstream's server lines replaced by one per test process, with the
     parameters deploy/nginx.conf gives its processes (the same for each)."""
     def one_per_port(run: re.Match[str]) -> str:
-        lines = [SERVER_LINE.match(line) for line in run.group(0).splitlines()]
-        assert all(lines) and len({m.group(2) for m in lines if m}) == 1, \
+        lines = run.group(0).splitlines()
+        found = [match.groups() for line in lines if (match := SERVER_LINE.match(line))]
+        assert len(found) == len(lines) and len({params for _, params in found}) == 1, \
             f"an upstream's servers differ in parameters: {run.group(0)}"
-        indent, params = lines[0].group(1), lines[0].group(2)  # type: ignore[union-attr]
+        indent, params = found[0]
         return "".join(f"{indent}server 127.0.0.1:{port}{params};\n" for port in ports)
 
     conf, upstreams = SERVER_RUN.subn(one_per_port, conf)
@@ -65,7 +67,8 @@ def nginx_conf(tmp_path: Path, port: int, ports: list[int]) -> Path:
     conf = with_servers((ROOT / "deploy" / "nginx.conf").read_text(), ports)
     conf = replaced(conf, "listen 80 ", f"listen 127.0.0.1:{port} ")
     # Two workers (this machine has two cores): reuseport's queue per worker is in play.
-    conf = re.sub(r"^worker_processes \d+;", "worker_processes 2;", conf, count=1, flags=re.M)
+    conf, found = re.subn(r"^worker_processes \d+;", "worker_processes 2;", conf, count=1, flags=re.M)
+    assert found, "deploy/nginx.conf has no worker_processes to substitute"
     conf = (f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/nginx-error.log;\n" + conf)
     conf = replaced(conf, "http {", f"http {{\n    access_log off;\n    client_body_temp_path {tmp_path}/body;\n"
                                     f"    proxy_temp_path {tmp_path}/proxy;")
@@ -122,6 +125,38 @@ def nginx_cluster(tmp_path: Path, mongo_url: str, amqp_url: str, count: int,
 def cluster(tmp_path: Path, mongo_url: str, amqp_url: str) -> Iterator[tuple[str, ServerProcess, ServerProcess]]:
     with nginx_cluster(tmp_path, mongo_url, amqp_url, 2) as (public, (a, b)):
         yield public, a, b
+
+
+def number(text: str, pattern: str) -> int:
+    match = re.search(pattern, text, re.M)
+    assert match, f"no {pattern!r}"
+    return int(match.group(1))
+
+
+def test_the_deploy_files_hold_100k_pages_under_20000_files_a_process() -> None:
+    """The sizing the deploy files explain, added up: nginx's workers, the
+    processes behind it, and the limits each is given, agree with each other."""
+    pages, files = 100_000, 20_000
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    workers = number(conf, r"^worker_processes (\d+);")
+    rlimit = number(conf, r"^worker_rlimit_nofile (\d+);")
+    connections = number(conf, r"^\s*worker_connections (\d+);")
+    assert rlimit <= files and connections < rlimit  # a worker's logs and listeners need files too
+    assert workers * connections >= 2 * pages  # a page is two connections (browser, paypush) in one worker
+    assert re.search(r"^\s*listen 80 reuseport\b", conf, re.M), "pages spread evenly over the workers"
+    sockets, requests = (re.findall(r"server (paypush\d+):8888", run) for run in SERVER_RUN.findall(conf))
+    assert sockets == requests
+    max_conns = number(conf, r"server paypush1:8888 .*max_conns=(\d+)")
+    assert max_conns < files and (len(sockets) - 1) * max_conns >= pages  # one process may be restarting
+
+    compose = (ROOT / "deploy" / "docker-compose.yml").read_text()
+    assert re.findall(r"^  (paypush\d+): \*paypush$", compose, re.M) == sockets
+    assert compose.count(f"nofile: {{soft: {files}, hard: {files}}}") == 3  # paypush, RabbitMQ, nginx
+    unit = (ROOT / "deploy" / "paypush@.service").read_text()
+    assert number(unit, r"^LimitNOFILE=(\d+)$") == files
+    assert number(unit, r"^TimeoutStopSec=(\d+)$") > STOP_SECONDS
+    assert number(compose, r"stop_grace_period: (\d+)s") > STOP_SECONDS
+    assert len(sockets) <= 9, "paypush@.service numbers ports 888N"
 
 
 @pytest.mark.gen_test(timeout=90)
