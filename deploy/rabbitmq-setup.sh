@@ -20,6 +20,14 @@
 #                     if missing, as paypush does in sandbox mode).
 #   STOMP_MAX_CONNECTIONS  the browser user's connections, all pages together:
 #                     size it to the pay pages waiting at once (default 10000).
+#                     Each is a socket of the RabbitMQ node, as is each paypush
+#                     process's one AMQP connection: the node's open-file limit
+#                     bounds them all (RabbitMQ 3.x keeps ~10% of it for its own
+#                     files; `rabbitmq-diagnostics status` shows the sockets it
+#                     allows). Where no process may open more than 20,000 files,
+#                     one node holds at most ~18,000 STOMP pages: send the rest
+#                     over paypush's own sockets (PUSH_ROUTE=ws) or to more nodes.
+#                     This script warns when the node allows fewer sockets.
 #   STOMP_MAX_CHANNELS     its channels, all connections together; a page uses
 #                     one (default STOMP_MAX_CONNECTIONS).
 #   STOMP_QUEUE_EXPIRES_MS  a stomp-subscription-* queue with no consumer is
@@ -101,6 +109,18 @@ rabbitmqctl -q set_topic_permissions -p "$VHOST" "$LOGIN" paynotify \
 # queues the user can keep are bounded by the policy below instead.
 rabbitmqctl -q set_user_limits "$LOGIN" \
   "{\"max-connections\": $MAX_CONNECTIONS, \"max-channels\": $MAX_CHANNELS}" >/dev/null
+# A limit the node cannot reach is a warning, not a refusal: the node's
+# open-file limit is set where it runs (ulimit, LimitNOFILE, compose ulimits),
+# and may be raised after this script. An older node without JSON status is
+# not checked.
+status=$(rabbitmq-diagnostics -q status --formatter json 2>/dev/null) || status=""
+sockets=$(grep -o '"sockets_limit":[0-9]*' <<<"$status" || grep -o '"total_limit":[0-9]*' <<<"$status" || true)
+sockets=${sockets##*:}
+if [[ -n $sockets ]] && (( MAX_CONNECTIONS >= sockets )); then
+  echo "rabbitmq-setup: warning: STOMP_MAX_CONNECTIONS is $MAX_CONNECTIONS but the RabbitMQ node allows" \
+    "$sockets sockets in all (from its open-file limit), paypush's own connections among them: pages" \
+    "beyond that are refused; raise the node's open-file limit or lower STOMP_MAX_CONNECTIONS" >&2
+fi
 # Any stomp-subscription-* queue, including a durable one declared over AMQP,
 # disappears once unused for QUEUE_EXPIRES_MS and keeps the newest
 # QUEUE_MAX_LENGTH messages; drop-head, so a full queue never refuses (nacks)

@@ -281,3 +281,21 @@ async def test_setup_script_runs_again_and_refuses_a_vhost_mismatch(stomp_user: 
         assert (await session.subscribe("/exchange/paynotify/#"))[0] in ("ERROR", "CLOSED")
     finally:
         session.close()
+
+
+def test_setup_script_warns_when_the_node_cannot_open_that_many_sockets(stomp_user: BrowserUser,
+                                                                        amqp_url: str) -> None:
+    """Every STOMP page is a socket of the node: a cap above the node's open-file
+    limit is a warning (the limit is set where the node runs), and the user is
+    still made."""
+    env = stomp_user.setup_env(amqp_url)
+    big = f"{stomp_user.login}-big"
+    try:
+        done = run_setup({**env, "STOMP_LOGIN": big, "STOMP_MAX_CONNECTIONS": str(10**9)})
+        assert done.returncode == 0, done.stderr
+        assert "warning: STOMP_MAX_CONNECTIONS is 1000000000 but the RabbitMQ node allows" in done.stderr
+        assert f"user {big} ready" in done.stdout
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", big], capture_output=True, timeout=120)
+    within = run_setup(env)  # the session's user: 10 connections
+    assert within.returncode == 0 and "warning" not in within.stderr, within.stderr
