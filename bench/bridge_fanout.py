@@ -1,13 +1,13 @@
 """Does each process's bridge work grow with the number of processes?
 
-``n`` paypush processes (1, 2, 4, 8) each hold ``--pages`` waiting pay pages
-(bare WebSockets, bench/ws_fleet.py). One more process takes every notify
+``n`` paypush processes (1, 2, 4, 8) share ``--pages`` waiting pay pages
+(bare WebSockets, bench/ws_fleet.py), the same pages and events at every count. One more process takes every notify
 (``--rate``/s for random ones of those orders) and holds no page, so what the
 page-holding processes do while the notifies flow is their bridges' work
 (and keep-alive). Measured on this checkout and on ``--before`` (default: the
 last commit whose bridge queue was bound with ``#``, so that every process
 received every event), same machine, same run.
-Run: python bench/bridge_fanout.py [--counts 1,2,4,8 --pages 300 --rate 100 --seconds 20 --before a4376c9]
+Run: python bench/bridge_fanout.py [--counts 1,2,4,8 --pages 2400 --rate 100 --seconds 20 --before a4376c9]
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def checkout(commit: str) -> Path:
     return path
 
 
-async def send(base_url: str, orders: list[tuple[str, int]], rate: float, seconds: float) -> int:
-    """Notifies at ``rate``/s for random orders; returns how many were refused."""
+async def send(base_url: str, orders: list[tuple[str, int]], rate: float, seconds: float) -> tuple[int, int]:
+    """Notifies at ``rate``/s for random orders; returns how many were sent and refused."""
     rng = random.Random(7)
     refused = 0
     async with aiohttp.ClientSession() as http:
@@ -53,18 +53,19 @@ async def send(base_url: str, orders: list[tuple[str, int]], rate: float, second
 
         started = time.perf_counter()
         tasks = []
-        for i, (order_id, fee) in enumerate(rng.sample(orders, min(len(orders), int(rate * seconds)))):
+        chosen = rng.sample(orders, min(len(orders), int(rate * seconds)))
+        for i, (order_id, fee) in enumerate(chosen):
             await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(one(order_id, fee)))
         await asyncio.gather(*tasks)
-    return refused
+    return len(chosen), refused
 
 
 def measure(code: Path, count: int, pages: int, rate: float, seconds: float) -> dict[str, Any]:
     with running_stack(code=code) as stack:
         holders = [stack.spawn_server() for _ in range(count)]
         ports = [int(url.rsplit(":", 1)[1]) for _, url in holders]
-        orders = stack.seed_orders(pages * count)
+        orders = stack.seed_orders(pages)
         ids = [o for o, _ in orders]
         fleets = Fleets([job for n, port in enumerate(ports)
                          for job in jobs_for("127.0.0.1", port, cookie(), ids[n::count])])
@@ -78,14 +79,15 @@ def measure(code: Path, count: int, pages: int, rate: float, seconds: float) -> 
             pids = [proc.pid for proc, _ in holders]
             before = [cpu_seconds(pid) for pid in pids]
             started = time.monotonic()
-            refused = asyncio.run(send(stack.base_url, orders, rate, seconds))
+            notified, refused = asyncio.run(send(stack.base_url, orders, rate, seconds))
             elapsed = time.monotonic() - started
             shares = [(cpu_seconds(pid) - b) / elapsed for pid, b in zip(pids, before, strict=True)]
-            heard = fleets.report()["heard"]
+            deadline = time.monotonic() + 30
+            while len(heard := fleets.report()["heard"]) < notified - refused and time.monotonic() < deadline:
+                time.sleep(0.5)
         finally:
             fleets.stop()
-    notified = int(rate * seconds)
-    return {"processes": count, "pages_per_process": pages, "notifies": notified, "refused": refused,
+    return {"processes": count, "pages": pages, "notifies": notified, "refused": refused,
             "heard": len(heard), "cpu_per_process_mean": sum(shares) / len(shares), "cpu_per_process_max": max(shares),
             "cpu_all_holders": sum(shares)}
 
@@ -93,7 +95,7 @@ def measure(code: Path, count: int, pages: int, rate: float, seconds: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="1,2,4,8")
-    parser.add_argument("--pages", type=int, default=300)
+    parser.add_argument("--pages", type=int, default=2400, help="waiting pages, shared among the processes")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--before", default="a4376c9", help="the commit to compare with ('' to skip)")
@@ -111,7 +113,7 @@ def main() -> None:
     print(table([[r["code"], r["processes"], r["cpu_per_process_mean"], r["cpu_per_process_max"], r["cpu_all_holders"],
                   r["heard"], r["notifies"]] for r in results],
                 ["code", "processes", "CPU/process", "max", "all processes", "heard", "notifies"]))
-    save("bridge_fanout", {"rate": args.rate, "pages_per_process": args.pages, "levels": results})
+    save("bridge_fanout", {"rate": args.rate, "pages": args.pages, "levels": results})
     fig, ax = new_plot()
     for name in codes:
         rows = [r for r in results if r["code"] == name]
@@ -120,7 +122,7 @@ def main() -> None:
     ax.set_xlabel("page-holding processes")
     ax.set_ylabel("CPU per process (1.0 = one core)")
     ax.set_title(f"Bridge work per process, {args.rate:.0f} notifies/s taken by another process, "
-                 f"{args.pages} pages each", fontsize=10)
+                 f"{args.pages} pages in all", fontsize=10)
     ax.legend()
     save_plot(fig, "bridge_fanout")
 

@@ -29,7 +29,6 @@ from typing import Any
 from bench import page_rules
 
 FLEET_SOCKETS = 19_000
-GOING_AWAY = 1001
 OPEN_CONCURRENCY = 400
 KEY = base64.b64encode(b"paypush-bench-ws").decode()
 
@@ -131,8 +130,10 @@ class Page(asyncio.Protocol):
             return
         if was_live:
             self.fleet.dropped(self, self.close_code)
-        # As the page: a server going away (1001) is no failure of ours.
-        self.failures += 0 if self.close_code == GOING_AWAY else 1
+        # As the page: a server going away (1001) is no failure of ours; 4404 ends it.
+        if not page_rules.retries(self.close_code):
+            return
+        self.failures += page_rules.counts_as_failure(self.close_code)
         delay = page_rules.retry_delay(self.failures, self.close_code, self.fleet.rng)
         asyncio.get_running_loop().call_later(delay, self.fleet.connect, self)
         if self.failures >= page_rules.POLL_AFTER_FAILURES and self.polling is None:
@@ -164,7 +165,7 @@ class Fleet:
         self.live = 0
         self._request_head = (f"Host: {job.host}:{job.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
-                              f"Origin: http://{job.host}:{job.port}\r\nCookie: user={job.cookie}\r\n\r\n").encode()
+                              f"Origin: http://{job.host}:{job.port}\r\nCookie: {job.cookie}\r\n\r\n").encode()
         self._gate = asyncio.Semaphore(OPEN_CONCURRENCY)
 
     def upgrade_request(self, order_id: str) -> bytes:
@@ -193,7 +194,7 @@ class Fleet:
             return None
         try:
             writer.write(f"GET /api/orders/{order_id} HTTP/1.1\r\nHost: {self.job.host}:{self.job.port}\r\n"
-                         f"Cookie: user={self.job.cookie}\r\nConnection: close\r\n\r\n".encode())
+                         f"Cookie: {self.job.cookie}\r\nConnection: close\r\n\r\n".encode())
             reply = await asyncio.wait_for(reader.read(), 30)
         except (OSError, TimeoutError):
             return None
