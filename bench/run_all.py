@@ -1,6 +1,7 @@
 """Runs every benchmark in turn; each prints its table and writes
 bench/results/<name>.json and .png. Not part of the test suite.
 Run: .venv/bin/python bench/run_all.py [--quick]   (--quick writes to bench/results/quick/)
+The full run takes about an hour (100,000 pages are opened once).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ FULL = [
     ["timeout_sweep.py", "--orders", "1000"],
     ["hot_sku.py", "--levels", "0,10000,25000,50000", "--seconds", "10"],
     ["keep_alive_spread.py", "--sizes", "20,1000,10000"],
+    ["bridge_fanout.py", "--counts", "1,2,4,8"],
+    ["scale_out.py", "--pages", "10000", "--stomp", "5000"],
+    ["scale_out.py", "--pages", "30000", "--stomp", "10000"],
+    ["scale_out.py", "--pages", "100000", "--stomp", "10000", "--restart"],
 ]
 QUICK = [
     ["waiting_browsers.py", "--sizes", "200,1000"],
@@ -30,6 +35,8 @@ QUICK = [
     ["timeout_sweep.py", "--orders", "200", "--timeout", "10"],
     ["hot_sku.py", "--levels", "0,2000", "--seconds", "3", "--notifies", "200"],
     ["keep_alive_spread.py", "--sizes", "20,1000"],
+    ["bridge_fanout.py", "--counts", "1,2", "--pages", "400", "--seconds", "4"],
+    ["scale_out.py", "--pages", "2000", "--processes", "2", "--stomp", "200", "--seconds", "4", "--restart"],
 ]
 
 

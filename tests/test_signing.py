@@ -334,3 +334,18 @@ def test_the_field_count_stays_bounded() -> None:
 def test_parse_refuses(body: bytes, reason: str) -> None:
     with pytest.raises(xmlcodec.MalformedXML, match=reason):
         xmlcodec.parse(body)
+
+
+@pytest.mark.parametrize("text", ["2026112912345", "202611291234567", "2026112912345x", "20261329123456",
+                                  "２０２６１１２９１２３４５６", "2026-11-29 12:34"])
+def test_wechat_times_are_read_strictly(text: str) -> None:
+    from server.gateway.wxpay_v2.client import parse_wx_time
+
+    with pytest.raises(ValueError):
+        parse_wx_time(text)
+
+
+def test_a_wechat_time_is_beijing_time() -> None:
+    from server.gateway.wxpay_v2.client import parse_wx_time
+
+    assert parse_wx_time("20261129123456").isoformat() == "2026-11-29T12:34:56+08:00"

@@ -83,6 +83,13 @@ class OrderEvents:
         # batch come back together and its outbox entries are cleared in one
         # update per kind, instead of a broker and a store round trip each.
         self._outgoing: Batches[dict[str, Any]] = Batches("events.publish", self._publish_batch, limit=OUTGOING_LIMIT)
+        # Confirmed events leave the outbox in a batch of their own, so the next
+        # publish does not wait behind the store (under load the clear queues
+        # behind the notifies' own writes). Unbounded in effect: each item is
+        # an event already confirmed, and a clear not made only means it is
+        # published again (at least once).
+        self._confirmed: Batches[tuple[str, str]] = Batches("events.clear", self._clear_batch, limit=1_000_000,
+                                                            swallow=(PyMongoError,))
         # (push token, event, transition time): this process's sockets for that token.
         self.deliver_locally: Callbacks[[str, dict[str, Any], float]] = Callbacks("events.deliver_locally")
 
@@ -129,18 +136,22 @@ class OrderEvents:
                 for kind, ids in by_kind(o for o, _ in failed).items():
                     await self.store.orders.update_many({"_id": {"$in": ids}, "pending_event": kind},
                                                         {"$set": {"pending_claim_until": 0}})
-        try:
-            now = time.time()
-            for kind, ids in by_kind(sent).items():
-                # When it went out stays on the order (the operator's timeline), at no extra round trip.
-                await self.store.orders.update_many(
-                    {"_id": {"$in": ids}, "pending_event": kind},
-                    {"$unset": {"pending_event": "", "pending_claim_until": "", "pending_claimed_by": ""},
-                     "$set": {f"published.{kind}": now}})
-        except PyMongoError as exc:
-            # Published but still pending: they will be published again (at least once).
-            log.warning("%d event(s) published, outbox not cleared: %s", len(sent), exc)
+        for order in sent:
+            self._confirmed.add((order["_id"], order["pending_event"]))
         return len(sent)
+
+    async def _clear_batch(self, confirmed: list[tuple[str, str]]) -> None:
+        """Take confirmed events off the outbox, one update per kind of event."""
+        kinds: dict[str, list[str]] = {}
+        for order_id, kind in confirmed:
+            kinds.setdefault(kind, []).append(order_id)
+        now = time.time()
+        for kind, ids in kinds.items():
+            # When it went out stays on the order (the operator's timeline), at no extra round trip.
+            await self.store.orders.update_many(
+                {"_id": {"$in": ids}, "pending_event": kind},
+                {"$unset": {"pending_event": "", "pending_claim_until": "", "pending_claimed_by": ""},
+                 "$set": {f"published.{kind}": now}})
 
     async def publish_pending(self, limit: int = 1000, stop: asyncio.Event | None = None) -> int:
         """Claim and publish pending events whose claim ran out, a batch at a
@@ -197,8 +208,12 @@ class OrderEvents:
     async def close(self, within: float = PUBLISH_GRACE) -> None:
         """Let publishes under way finish (at most ``within`` seconds); the
         outbox keeps what does not make it."""
+        deadline = time.monotonic() + within
         await self._outgoing.drain(within)
         await self._outgoing.close()
+        # Published but still pending if this runs out: published again after a restart (at least once).
+        await self._confirmed.drain(deadline - time.monotonic())
+        await self._confirmed.close()
 
 
 def by_kind(orders: Iterable[dict[str, Any]]) -> dict[str, list[str]]:

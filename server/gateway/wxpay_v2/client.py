@@ -36,7 +36,12 @@ def wx_time(when: dt.datetime) -> str:
 
 
 def parse_wx_time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+    """``yyyyMMddHHmmss``, Beijing time. Sliced rather than strptime'd: every
+    notify carries one, and strptime cost 1 % of a notify's CPU."""
+    if len(text) != 14 or not text.isascii() or not text.isdigit():
+        raise ValueError(f"not a WeChat time (yyyyMMddHHmmss): {text!r}")
+    return dt.datetime(int(text[:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]), int(text[10:12]),
+                       int(text[12:]), tzinfo=BEIJING)
 
 
 @dataclass(frozen=True)
