@@ -75,6 +75,7 @@ def measure(code: Path, count: int, pages: int, rate: float, seconds: float) -> 
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"only {live} of {len(ids)} pages live")
                 time.sleep(0.5)
+            fleets.freeze()
             time.sleep(2)  # the last pages' bindings and first reads settle
             pids = [proc.pid for proc, _ in holders]
             before = [cpu_seconds(pid) for pid in pids]

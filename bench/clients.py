@@ -5,6 +5,7 @@ heard "paid" (wall clock, same machine as the sender)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import multiprocessing as mp
 import time
@@ -71,6 +72,11 @@ async def _run(job: Job, ready: Any, stop: Any, out: Any) -> None:
                 return order_id, await opener(http, job, order_id)
 
         sockets = await asyncio.gather(*(open_one(o) for o in job.order_ids))
+        # From here on a client only listens. Its own collector walking 5,000
+        # sockets' objects stalled it for 300 ms, which showed up as push
+        # latency that was not paypush's (BENCHMARKS.md, issue 16).
+        gc.collect()
+        gc.freeze()
         ready.put(len(sockets))
 
         async def listen(order_id: str, ws: aiohttp.ClientWebSocketResponse) -> None:

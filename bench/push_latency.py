@@ -18,6 +18,7 @@ import asyncio
 import random
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -74,6 +75,23 @@ async def send_notifies(base_url: str, orders: list[tuple[str, int]], rate: floa
     return sent, round_trips, failures
 
 
+def bindings_settled(base_url: str, within: float = 300) -> None:
+    """Wait until the process has bound the keys of all its pages (it binds
+    them as they open, about 1.5k a second): a sale's pages arrive over
+    minutes, not in the ten seconds before the first notify."""
+    deadline = time.monotonic() + within
+    while True:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        pending = next((float(line.split()[-1]) for line in text.splitlines()
+                        if line.startswith("paypush_bridge_keys_pending ")), 0.0)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{pending:.0f} keys still unbound")
+        time.sleep(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sockets", type=int, default=10000)
@@ -102,7 +120,7 @@ def main() -> None:
         notify_url = stack.base_url if args.notify_to == "same" else stack.add_server()
         print(f"{opened} sockets open ({args.sockets} per route: {', '.join(fleets)}); sending "
               f"{args.rate:.0f} notifies/s for {args.seconds:.0f}s to the {args.notify_to} process", flush=True)
-        time.sleep(2)
+        bindings_settled(stack.base_url)
         pids = {"paypush": stack.server_pid, "nx-27017 (MongoDB)": stack.mongo_pid, "RabbitMQ": rabbitmq_pid()}
         if args.notify_to == "other":
             pids["paypush taking the notifies"] = stack.procs[-1].pid
@@ -114,6 +132,12 @@ def main() -> None:
         cpu = {name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in pids.items()}
         time.sleep(3)
         gc_after = gc_pauses(stack.base_url)
+        with urllib.request.urlopen(stack.base_url + "/metrics", timeout=10) as resp:
+            server_side = [line for line in resp.read().decode().splitlines()
+                           if line.startswith("paypush_push_latency_seconds_bucket")]
+        buckets = [(line.split('le="')[1].split('"')[0], line.split()[-1]) for line in server_side]
+        print("server side, transition -> socket write (all pushes since start): "
+              + ", ".join(f"le {le}: {n}" for le, n in buckets))
         heard = {route: fleet.stop() for route, fleet in fleets.items()}
     gc_while = {gen: {k: v - gc_before.get(gen, {}).get(k, 0) for k, v in stats.items()}
                 for gen, stats in gc_after.items()}

@@ -26,6 +26,7 @@ import asyncio
 import json
 import random
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -109,6 +110,23 @@ def wait_live(fleets: Fleets, want: int, within: float, curve: list[tuple[float,
         time.sleep(1.0)
 
 
+def bindings(vhost: str = "/") -> int:
+    """Keys bound on paypush.pages to the processes' bridge queues, as RabbitMQ counts them."""
+    out = subprocess.run(["rabbitmqctl", "list_bindings", "-q", "-p", vhost, "source_name", "destination_name"],
+                         capture_output=True, text=True, timeout=300).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("paypush.pages\tpaypush.bridge."))
+
+
+def wait_bound(want: int, within: float = 600) -> float:
+    """Wait until RabbitMQ holds ``want`` page bindings; returns the seconds it took."""
+    started = time.monotonic()
+    while (bound := bindings()) < want:
+        if time.monotonic() - started > within:
+            raise RuntimeError(f"only {bound} of {want} page keys bound after {within:.0f} s")
+        time.sleep(2)
+    return time.monotonic() - started
+
+
 def latencies(sent: dict[str, float], heard: dict[str, float]) -> tuple[dict[str, float], int]:
     lat = [(heard[o] - t) * 1000 for o, t in sent.items() if o in heard]
     return percentiles(lat), len(sent) - len(lat)
@@ -141,8 +159,11 @@ def main() -> None:
         stomp_fleet: ClientFleet | None = None
         try:
             result["open_seconds"] = wait_live(fleets, args.pages, within=1800)
-            print(f"{args.pages} pages live in {result['open_seconds']:.0f} s", flush=True)
-            time.sleep(5)
+            result["bind_wait_seconds"] = wait_bound(args.pages)
+            print(f"{args.pages} pages live in {result['open_seconds']:.0f} s, every key bound "
+                  f"{result['bind_wait_seconds']:.0f} s later", flush=True)
+            fleets.freeze()
+            time.sleep(3)
             rss_after = [rss_kib(pid) for pid in pids]
             result["rss_kib"] = {"before": rss_before, "after": rss_after}
             result["server_kib_per_page"] = (sum(rss_after) - sum(rss_before)) / args.pages

@@ -16,6 +16,7 @@ reads), and each (re)connection's time, so the restart curve can be drawn.
 from __future__ import annotations
 
 import asyncio
+import gc
 import base64
 import json
 import multiprocessing as mp
@@ -227,7 +228,12 @@ async def _run(job: FleetJob, commands: Any, reports: Any) -> None:
     loop = asyncio.get_running_loop()
     while True:
         command = await loop.run_in_executor(None, commands.get)
-        if command == "report":
+        if command == "freeze":
+            # Every page is open: the client's own collector must not stall it
+            # while latencies are measured (a load client's pause is not paypush's).
+            gc.collect()
+            gc.freeze()
+        elif command == "report":
             reports.put({"live": fleet.live, "pages": len(fleet.pages), "heard": dict(fleet.heard),
                          "connections": list(fleet.connections), "drops": dict(fleet.drops)})
         elif command == "stop":
@@ -272,6 +278,10 @@ class Fleets:
                 drops[code] = drops.get(code, 0) + n
         return {"live": sum(p["live"] for p in parts), "pages": sum(p["pages"] for p in parts), "heard": heard,
                 "connections": sorted(connections), "drops": drops}
+
+    def freeze(self) -> None:
+        for commands, _ in self.channels:
+            commands.put("freeze")
 
     def stop(self) -> None:
         for commands, _ in self.channels:

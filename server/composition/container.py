@@ -105,6 +105,10 @@ class Services:
         """Gauges and counters read from the live objects when /metrics is scraped."""
         m = self.metrics
         m.gauge("paypush_open_sockets", "Pay-page sockets open on this process", lambda: len(self.hub))
+        m.gauge("paypush_bridge_keys", "Order keys this process's bridge queue is bound to",
+                lambda: len(self.bridge.queue) if self.bridge.queue is not None else 0)
+        m.gauge("paypush_bridge_keys_pending", "Order keys wanted by pages here and not bound yet",
+                lambda: self.bridge.queue.pending if self.bridge.queue is not None else 0)
         m.gauge("paypush_rabbitmq_reconnects", "RabbitMQ reconnects since start", lambda: self.bus.reconnects)
         m.gauge("paypush_events_published", "Order events published since start", lambda: self.events.published)
         m.counter_from("paypush_timeout_outcomes", "Timeout worker decisions", "outcome",

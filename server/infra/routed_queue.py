@@ -57,6 +57,11 @@ class RoutedQueue:
     def __len__(self) -> int:
         return len(self._bound)
 
+    @property
+    def pending(self) -> int:
+        """Keys wanted and not bound yet."""
+        return len(self._wanted) - len(self._wanted & self._bound)
+
     def want(self, key: str) -> None:
         self._given_up.pop(key, None)
         self._wanted.add(key)

@@ -10,6 +10,7 @@ import contextlib
 import secrets
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
@@ -19,31 +20,35 @@ from pymongo.errors import DuplicateKeyError
 
 @dataclass(frozen=True)
 class Store:
+    """The collections are made once (``cached_property``): pymongo builds a new
+    collection object, with its options, at every ``db[name]``, and the orders
+    collection is asked for several times per notify."""
+
     client: AsyncMongoClient
     db: AsyncDatabase
 
-    @property
+    @cached_property
     def users(self) -> AsyncCollection:
         return self.db["users"]
 
-    @property
+    @cached_property
     def skus(self) -> AsyncCollection:
         return self.db["skus"]
 
-    @property
+    @cached_property
     def orders(self) -> AsyncCollection:
         return self.db["orders"]
 
-    @property
+    @cached_property
     def meta(self) -> AsyncCollection:
         return self.db["meta"]
 
-    @property
+    @cached_property
     def sku_changes(self) -> AsyncCollection:
         """Operators' changes to the catalog (stock, name, price), one document each: the audit trail."""
         return self.db["sku_changes"]
 
-    @property
+    @cached_property
     def reconciliations(self) -> AsyncCollection:
         """One report per bill date (``_id`` yyyy-mm-dd): the last run's."""
         return self.db["reconciliations"]
