@@ -16,8 +16,8 @@ reads), and each (re)connection's time, so the restart curve can be drawn.
 from __future__ import annotations
 
 import asyncio
-import gc
 import base64
+import gc
 import json
 import multiprocessing as mp
 import os

@@ -128,5 +128,6 @@ async def test_a_page_is_caught_up_from_the_store_when_its_key_is_bound_again(
     assert services.bridge.queue is not None
     binds = services.bridge.queue.binds
     services.bridge.queue.rebind_all()
-    assert (await sock.next(within=10, skip_controls=True))["status"] == "paid"
+    caught_up = await sock.next(within=10, skip_controls=True)
+    assert caught_up is not None and caught_up["status"] == "paid"
     assert services.bridge.queue.binds > binds
