@@ -135,13 +135,14 @@ def latencies(sent: dict[str, float], heard: dict[str, float]) -> tuple[dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=100_000)
-    parser.add_argument("--processes", type=int, default=0, help=f"default: one per {PER_PROCESS} pages")
+    parser.add_argument("--processes", type=int, default=0, help=f"default: one per {PER_PROCESS} pages, and one more")
     parser.add_argument("--stomp", type=int, default=10_000, help="Web STOMP subscribers (RabbitMQ's own limit)")
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--restart", action="store_true", help="also stop and restart one process")
     args = parser.parse_args()
-    processes = args.processes or max(1, -(-args.pages // PER_PROCESS))
+    # One more than the pages need: while one process restarts, the others hold its pages.
+    processes = args.processes or max(1, -(-args.pages // PER_PROCESS)) + 1
     stomp = min(args.stomp, args.pages)
     ensure_rabbitmq_sockets(stomp + processes + 500)
     result: dict[str, Any] = {"pages": args.pages, "processes": processes, "stomp": stomp, "rate": args.rate}

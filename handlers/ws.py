@@ -26,7 +26,7 @@ from handlers.base import user_from_cookie_header
 from server.domain.errors import NotFound
 from server.domain.orders import Orders
 from server.push.events import event_for
-from server.push.hub import PushHub, Subscriber
+from server.push.hub import CLOSE_TRY_AGAIN_LATER, PushHub, Subscriber
 from server.push.tokens import PushTokens
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,12 @@ class PaySocket(tornado.websocket.WebSocketHandler):
         hub = self.deps.hub
         if not hub.can_open(user):
             self.close(CLOSE_TOO_MANY, "too many pay pages open")
+            return
+        if not hub.has_room():
+            # Turned away while files are left to say so: at the open-file
+            # limit the kernel would queue connections nobody accepts, and
+            # those pages would wait on a handshake that never comes.
+            self.close(CLOSE_TRY_AGAIN_LATER, "this server is full, try again")
             return
         order_id = self.get_query_argument("orderId", "")[:64]
         self._forget_handshake()

@@ -115,3 +115,24 @@ async def test_every_socket_on_the_order_hears_the_payment(shopper: Shopper, bas
     await post_notify(base_url, signed_notify(order))
     for s in socks:
         assert (await s.next_event())["type"] == "paid"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_full_process_turns_pages_away_to_try_again(shopper: Shopper, mallory: Shopper, base_url: str,
+                                                            services: Services) -> None:
+    """Past what its open-file limit leaves for pages, a process closes a new
+    page's socket with 1013 (try again later): the page comes back, through
+    the load balancer, to a process with room. At the file limit itself the
+    kernel would queue connections nobody accepts, and those pages would hang."""
+    assert services.hub.max_sockets > 1000  # derived from the open-file limit, less what the process keeps
+    services.hub.max_sockets = 1
+    order = await shopper.order([("fan-silk", 1)])
+    first = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await first.next_event())["type"] == "status"
+    other = await mallory.order([("fan-silk", 1)])
+    turned_away = await PageSocket.open(base_url, other["id"], mallory)
+    assert await turned_away.next() is None and turned_away.close_code == 1013
+    first.close()
+    await eventually(services.hub.has_room, message="the closed socket's room freed")
+    again = await PageSocket.open(base_url, other["id"], mallory)
+    assert (await again.next_event())["type"] == "status"

@@ -127,7 +127,17 @@ async def wait_for_shutdown_signal() -> str:
     return received[0]
 
 
+def raise_open_file_limit() -> None:
+    """Every waiting pay page is an open file: take the hard limit, not the
+    soft one (often 1,024), as nginx's worker_rlimit_nofile does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: EmbeddedMongo | None = None) -> None:
+    raise_open_file_limit()
     await check_mongo(settings, mongo_url)
     services = await open_services(settings, mongo_url, embedded)  # /healthz fails when it dies
     await services.start_workers()
@@ -146,8 +156,9 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     server.add_sockets(listening)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     log.info("paypush listening on http://%s:%d (public URL %s%s); open-file limit %d (hard %d): each waiting "
-             "pay page holds one", settings.host, settings.port, settings.public_url,
-             ", port shared with other processes" if settings.reuse_port else "", soft, hard)
+             "pay page holds one, and past %d pages new ones are sent elsewhere (1013)", settings.host, settings.port,
+             settings.public_url, ", port shared with other processes" if settings.reuse_port else "", soft, hard,
+             services.hub.max_sockets)
     metrics_server = None
     if not settings.sandbox:  # sandbox: /metrics is on the main listener
         metrics_server = make_metrics_app(services).listen(settings.metrics_port, settings.metrics_host)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +48,17 @@ log = logging.getLogger(__name__)
 # pushes wait behind (BENCHMARKS.md, "Why the code is as it is"); 45 s stays
 # under proxies' 60 s idle timeouts.
 KEEPALIVE_SECONDS = 45.0
+
+
+# Files a process keeps for everything but pay pages: MongoDB and RabbitMQ
+# connections, requests, the notify traffic, log and data files.
+FILES_KEPT = 1000
+
+
+def socket_room() -> int:
+    """Pay-page sockets this process takes: its open-file limit less FILES_KEPT."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(100, soft - FILES_KEPT) if soft != resource.RLIM_INFINITY else 1_000_000
 
 
 @dataclass
@@ -254,7 +266,7 @@ async def open_services(settings: Settings, mongo_url: str,
                                      notify_speed=settings.sim_notify_speed, v3=built.simulator_v3)
         await demo.seed_demo(store)
     return Services(settings, store, bus, http, events, orders, payments, tokens,
-                    PushHub(settings.max_sockets_per_user), timeout_queues,
+                    PushHub(settings.max_sockets_per_user, socket_room()), timeout_queues,
                     Timeouts(orders, payments, gateway), refunds, refund_queues, simulator,
                     login_throttle=LoginThrottle(LoginLimits(checks_per_second=settings.login_checks_per_second)),
                     embedded_mongo=embedded_mongo, gateway=built)

@@ -147,12 +147,16 @@ class Subscriber:
 
 
 class PushHub:
-    def __init__(self, max_sockets_per_user: int):
+    def __init__(self, max_sockets_per_user: int, max_sockets: int = 1_000_000):
+        """``max_sockets``: what this process holds at most; past it a page is
+        turned away (1013) to try again, and lands on another process."""
         self.max_sockets_per_user = max_sockets_per_user
+        self.max_sockets = max_sockets
         # A token maps to its one subscriber, or to a set when a page is open
         # twice: most orders have one page, and a set costs ~240 bytes.
         self._by_token: dict[str, Subscriber | set[Subscriber]] = {}
         self._per_user: Counter[str] = Counter()
+        self._open = 0
         # Told of every new subscriber (the active-query backstop), so nobody
         # has to walk all of them to find the new ones.
         self.on_subscribe: Callbacks[[Subscriber]] = Callbacks("hub.on_subscribe")
@@ -162,10 +166,13 @@ class PushHub:
         self.on_unwatched: Callbacks[[str]] = Callbacks("hub.on_unwatched")
 
     def __len__(self) -> int:
-        return sum(self._per_user.values())
+        return self._open
 
     def can_open(self, user: str) -> bool:
         return self._per_user[user] < self.max_sockets_per_user
+
+    def has_room(self) -> bool:
+        return self._open < self.max_sockets
 
     def watching(self, token: str) -> set[Subscriber]:
         entry = self._by_token.get(token)
@@ -187,6 +194,7 @@ class PushHub:
         else:
             self._by_token[sub.token] = {entry, sub}
         self._per_user[sub.user] += 1
+        self._open += 1
         self.on_subscribe(sub)
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -200,6 +208,7 @@ class PushHub:
         elif len(subs) == 1:
             self._by_token[sub.token] = next(iter(subs))
         self._per_user[sub.user] -= 1
+        self._open -= 1
         if self._per_user[sub.user] <= 0:
             del self._per_user[sub.user]
         sub.stop()
