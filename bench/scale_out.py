@@ -95,14 +95,11 @@ async def send_notifies(base_url: str, orders: list[tuple[str, int]], rate: floa
     return sent, round_trips, failures
 
 
-def wait_live(fleets: Fleets, want: int, within: float, curve: list[tuple[float, int]] | None = None,
-              since: float = 0.0) -> float:
+def wait_live(fleets: Fleets, want: int, within: float) -> float:
     """Wait until ``want`` pages are live; returns the seconds it took."""
     started = time.monotonic()
     while True:
         live = fleets.report()["live"]
-        if curve is not None:
-            curve.append((time.time() - since, live))
         if live >= want:
             return time.monotonic() - started
         if time.monotonic() - started > within:

@@ -65,7 +65,7 @@ async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
     # Published by hand, so that only the bridge can bring it to the page (a
     # notify on this process would also be handed to the socket directly).
     paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
-    await services.bus.publish_json(services.push_tokens.routing_key(order["id"]), paid)
+    assert await services.bus.publish_events([(services.push_tokens.routing_key(order["id"]), paid, {})]) == [None]
     assert await sock.next(within=10, skip_controls=True) == paid
 
 
@@ -101,7 +101,8 @@ async def test_the_bridge_hears_exactly_the_pages_this_process_holds(
     assert (await sock.next_event())["status"] == "unpaid"
     assert await routed(amqp_url, key)
     paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
-    await services.bus.publish_json(key, paid)  # as another process would: only the bridge can bring it
+    # As another process would: only the bridge can bring it.
+    assert await services.bus.publish_events([(key, paid, {})]) == [None]
     assert await sock.next(within=10, skip_controls=True) == paid
 
     assert services.bridge.queue is not None

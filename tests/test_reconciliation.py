@@ -54,6 +54,14 @@ async def status_of(shopper: Shopper, order_id: str, status: str) -> dict[str, A
     return now if now["status"] == status else None
 
 
+async def paid_with_its_trade(shopper: Shopper) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An order paid and recorded, and its trade at the simulator (whose code_url pays it again)."""
+    paid = await pay(shopper, [("tea-longjing", 1)])
+    paid = await eventually(lambda: status_of(shopper, paid["id"], "paid"), message="paid")
+    _, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{paid['id']}")
+    return paid, trade
+
+
 def kinds(findings: list[Any]) -> list[tuple[str, str]]:
     return sorted((f.kind, f.out_trade_no) for f in findings)
 
@@ -182,9 +190,7 @@ def test_report_json_has_the_contracts_keys() -> None:
 @pytest.mark.gen_test(timeout=90)
 async def test_a_second_payment_whose_refund_wechat_closed_is_given_back_by_the_bill(
         shopper: Shopper, operator: Shopper, services: Services) -> None:
-    paid = await pay(shopper, [("tea-longjing", 1)])
-    paid = await eventually(lambda: status_of(shopper, paid["id"], "paid"), message="paid")
-    status, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{paid['id']}")
+    paid, trade = await paid_with_its_trade(shopper)
     await shopper.request("POST", "/sandbox/wxpay/control", {"refund": {"outcome": "closed"}})
     status, second = await shopper.request("POST", "/sandbox/wxpay/pay",
                                            {"code_url": trade["code_url"], "duplicate": True})
@@ -212,9 +218,7 @@ async def test_a_second_payment_whose_refund_wechat_closed_is_given_back_by_the_
 @pytest.mark.gen_test(timeout=90)
 async def test_a_refund_by_hand_of_a_second_payment_is_not_charged_to_the_order(
         shopper: Shopper, operator: Shopper, services: Services) -> None:
-    paid = await pay(shopper, [("tea-longjing", 1)])
-    paid = await eventually(lambda: status_of(shopper, paid["id"], "paid"), message="paid")
-    status, trade = await shopper.request("GET", f"/sandbox/wxpay/trades/{paid['id']}")
+    paid, trade = await paid_with_its_trade(shopper)
     # The second payment's notify is lost, and someone refunds it by hand at WeChat.
     status, second = await shopper.request("POST", "/sandbox/wxpay/pay", {
         "code_url": trade["code_url"], "duplicate": True, "notify": {"drop": True}})

@@ -88,12 +88,6 @@ class Bus:
             except Exception:
                 log.exception("reconnect callback failed")
 
-    async def publish_json(self, routing_key: str, payload: dict[str, Any],
-                           headers: dict[str, Any] | None = None) -> None:
-        """Publish a persistent message to ``paynotify`` and wait for the broker's confirm."""
-        await self._publish(self._paynotify, routing_key, json.dumps(payload).encode("utf-8"),
-                            "application/json", headers)
-
     async def publish_events(self, events: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]
                              ) -> list[BusUnavailable | None]:
         """Publish many (routing key, payload, headers) to ``paynotify`` at once,

@@ -74,9 +74,6 @@ class RoutedQueue:
             self._given_up[key] = time.monotonic()
             self._loop.call_later(self.grace, self._wake.set)
 
-    def is_bound(self, key: str) -> bool:
-        return key in self._bound
-
     async def bound(self, key: str, within: float) -> bool:
         """Wait (at most ``within`` seconds) until ``key`` is bound; True if it is."""
         if key in self._bound:

@@ -88,8 +88,8 @@ class OrderEvents:
         # behind the notifies' own writes). Unbounded in effect: each item is
         # an event already confirmed, and a clear not made only means it is
         # published again (at least once).
-        self._confirmed: Batches[tuple[str, str]] = Batches("events.clear", self._clear_batch, limit=1_000_000,
-                                                            swallow=(PyMongoError,))
+        self._confirmed: Batches[dict[str, Any]] = Batches("events.clear", self._clear_batch, limit=1_000_000,
+                                                           swallow=(PyMongoError,))
         # (push token, event, transition time): this process's sockets for that token.
         self.deliver_locally: Callbacks[[str, dict[str, Any], float]] = Callbacks("events.deliver_locally")
 
@@ -137,16 +137,13 @@ class OrderEvents:
                     await self.store.orders.update_many({"_id": {"$in": ids}, "pending_event": kind},
                                                         {"$set": {"pending_claim_until": 0}})
         for order in sent:
-            self._confirmed.add((order["_id"], order["pending_event"]))
+            self._confirmed.add(order)
         return len(sent)
 
-    async def _clear_batch(self, confirmed: list[tuple[str, str]]) -> None:
+    async def _clear_batch(self, confirmed: list[dict[str, Any]]) -> None:
         """Take confirmed events off the outbox, one update per kind of event."""
-        kinds: dict[str, list[str]] = {}
-        for order_id, kind in confirmed:
-            kinds.setdefault(kind, []).append(order_id)
         now = time.time()
-        for kind, ids in kinds.items():
+        for kind, ids in by_kind(confirmed).items():
             # When it went out stays on the order (the operator's timeline), at no extra round trip.
             await self.store.orders.update_many(
                 {"_id": {"$in": ids}, "pending_event": kind},

@@ -12,7 +12,6 @@ import tornado.httpclient
 import tornado.websocket
 
 from server.composition.container import Services
-from server.infra.bus import BusUnavailable
 from tests.support.shopper import Shopper
 from tests.support.waiting import eventually
 
@@ -38,10 +37,9 @@ async def events_before_control(sock: PageSocket, services: Services, order_id: 
     before: list[dict[str, Any]] = []
 
     async def control_came_back() -> bool:
-        try:
-            await services.bus.publish_json(services.push_tokens.routing_key(order_id), control_event(order_id))
-        except BusUnavailable:  # the link is not back yet
-            return False
+        key = services.push_tokens.routing_key(order_id)
+        if await services.bus.publish_events([(key, control_event(order_id), {})]) != [None]:
+            return False  # the link is not back yet
         with contextlib.suppress(TimeoutError):
             while (event := await sock.next(within=0.5)) is not None:
                 if event.get("type") == CONTROL:
