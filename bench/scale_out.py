@@ -248,11 +248,11 @@ def restart_storm(stack: Any, servers: list[Any], fleets: Fleets, orders: list[t
     missed = [o for o in sent if o not in report["heard"]]
     out = {"exit_code": loop_result["exit_code"], "stopped_in_s": loop_result["stopped_in"],
            "restarted_in_s": loop_result["restarted_in"], "all_back_in_s": back_in,
-           "curve": curve, "drops": report["drops"], "notified": len(sent),
+           "curve": curve, "drops": report["drops"], "failed_attempts": report["failures"], "notified": len(sent),
            "notify_failures": loop_result["failures"], "paid_missed": len(missed)}
     print(f"restart: stopped in {out['stopped_in_s']:.1f} s (exit {out['exit_code']}), started again at "
           f"{out['restarted_in_s']:.1f} s; all {args.pages} pages live again {back_in:.1f} s after the "
-          f"SIGTERM; closes seen by pages: {report['drops']}; {len(sent)} payments during it, "
+          f"SIGTERM; closes seen by pages: {report['drops']}; attempts that failed: {report['failures']}; {len(sent)} payments during it, "
           f"{len(missed)} never heard", flush=True)
     return out
 
