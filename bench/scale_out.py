@@ -252,7 +252,8 @@ def restart_storm(stack: Any, servers: list[Any], fleets: Fleets, orders: list[t
            "notify_failures": loop_result["failures"], "paid_missed": len(missed)}
     print(f"restart: stopped in {out['stopped_in_s']:.1f} s (exit {out['exit_code']}), started again at "
           f"{out['restarted_in_s']:.1f} s; all {args.pages} pages live again {back_in:.1f} s after the "
-          f"SIGTERM; closes seen by pages: {report['drops']}; attempts that failed: {report['failures']}; {len(sent)} payments during it, "
+          f"SIGTERM; closes seen by pages: {report['drops']}; attempts that failed: {report['failures']}; "
+          f"{len(sent)} payments during it, "
           f"{len(missed)} never heard", flush=True)
     return out
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import tornado.websocket
 from pymongo.errors import PyMongoError
 from tornado.httputil import HTTPHeaders
+from tornado.iostream import IOStream
 
 from handlers.base import user_from_cookie_header
 from server.domain.errors import NotFound
@@ -54,6 +55,8 @@ class SocketDeps:
     on_delivered: Callable[[float | None], None]  # an event reached the page (``at``: its transition)
     # Returns once this process hears the token's events from RabbitMQ (or has waited long enough).
     heard: Callable[[str], Awaitable[None]]
+    # The socket's opening is over (its state sent, or it was refused): given the connection's stream.
+    opened: Callable[[IOStream | None], None] = lambda stream: None
 
 
 class PaySocket(tornado.websocket.WebSocketHandler):
@@ -76,6 +79,12 @@ class PaySocket(tornado.websocket.WebSocketHandler):
         return netloc in (self.request.host.lower(), self.deps.public_netloc)
 
     async def open(self) -> None:  # type: ignore[override]
+        try:
+            await self._open_page()
+        finally:
+            self.deps.opened(self.ws_connection.stream if self.ws_connection is not None else None)
+
+    async def _open_page(self) -> None:
         user = self.current_user
         if not user:
             self.close(CLOSE_LOGIN, "log in first")

@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tornado.httpserver
 import tornado.web
 
 import settings as settings_mod
 from server.composition.container import Services, open_services
-from server.composition.web import make_app
+from server.composition.listening import Listener
+from server.composition.web import PaypushApplication, make_app
 from server.infra.embedded_mongo import EmbeddedMongo
 from tests.support.config import sandbox_settings
 from tests.support.shopper import Shopper
@@ -111,6 +113,26 @@ def services(io_loop, test_settings, extra_settings, mongo_url) -> Iterator[Serv
 @pytest.fixture
 def app(services: Services) -> tornado.web.Application:
     return make_app(services)
+
+
+@pytest.fixture
+def listener(request, io_loop, _unused_port) -> Iterator[Listener]:  # type: ignore[no-untyped-def]
+    """The app behind paypush's own listener, as ``serve`` runs it (a test of a
+    handler alone may give an ``app`` fixture of another kind)."""
+    app = request.getfixturevalue("app")
+    listener = Listener(tornado.httpserver.HTTPServer(app))
+    if isinstance(app, PaypushApplication):
+        app.connection_opened.add(listener.done)
+    listener.add_sockets([_unused_port[0]])
+    yield listener
+    listener.stop()
+    io_loop.run_sync(listener.server.close_all_connections, timeout=30)
+
+
+@pytest.fixture
+def http_server(listener: Listener) -> tornado.httpserver.HTTPServer:
+    """pytest-tornado's, served by paypush's listener."""
+    return listener.server
 
 
 @pytest.fixture

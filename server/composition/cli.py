@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import tornado.httpserver
-import tornado.netutil
 from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 import settings as settings_mod
 from server.accounts.users import InvalidUser, create_user
 from server.composition.container import open_services
 from server.composition.demo import DEMO_PASSWORD, DEMO_USER
+from server.composition.listening import Listener
 from server.composition.web import make_app, make_metrics_app, make_simulator_app
 from server.domain.catalog import InvalidSku, check_sku_fields, list_skus, set_sku
 from server.domain.money import yuan
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 # STOP_SECONDS, of which in-flight work gets SHUTDOWN_GRACE_SECONDS and closing
 # connections (each with its own deadline) the rest.
 STOP_SECONDS = 8.5
-LISTEN_BACKLOG = 4096
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -143,17 +142,14 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     await services.start_workers()
     app = make_app(services)
     server = tornado.httpserver.HTTPServer(app)  # proxy headers: TRUSTED_PROXIES (web.py)
-    # A deep accept queue (the kernel caps it at net.core.somaxconn): a flash
-    # sale or a restart sends thousands of pages at once, and Tornado's 128
-    # would refuse most of them for a retry.
+    listener = Listener(server)
+    app.connection_opened.add(listener.done)
     try:
-        listening = tornado.netutil.bind_sockets(settings.port, settings.host, backlog=LISTEN_BACKLOG,
-                                                 reuse_port=settings.reuse_port)
+        listener.listen(settings.port, settings.host, reuse_port=settings.reuse_port)
     except OSError as exc:
         await services.close()
         hint = "" if settings.reuse_port else " (paypush processes share a port with REUSE_PORT=1 on each)"
         raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
-    server.add_sockets(listening)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     log.info("paypush listening on http://%s:%d (public URL %s%s); open-file limit %d (hard %d): each waiting "
              "pay page holds one, and past %d pages new ones are sent elsewhere (1013)", settings.host, settings.port,
@@ -172,7 +168,7 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     started = time.monotonic()
     log.info("%s received: shutting down", name)
     services.stop_taking_work()  # first, with no await before it: no new sweep, query, drain or deadline
-    server.stop()  # no new connections
+    listener.stop()  # no new connections
     if metrics_server is not None:
         metrics_server.stop()
     services.hub.close_all()  # 1001: pages reconnect to another process

@@ -11,11 +11,14 @@ from urllib.parse import urlsplit
 
 import tornado.httputil
 import tornado.web
+import tornado.websocket
+from tornado.iostream import IOStream
 
 from handlers import admin, api, health, notify, pages, ws
 from server.accounts.login_throttle import Logins
 from server.composition.container import Services
 from server.domain.catalog import Catalog
+from server.lifecycle import Callbacks
 from server.simulator import app as simulator_app
 from settings import Network
 
@@ -62,14 +65,20 @@ class PaypushApplication(tornado.web.Application):
     headers count only when the peer is in ``TRUSTED_PROXIES``."""
 
     def __init__(self, routes: list[tornado.web.URLSpec], trusted_proxies: Sequence[Network] = (),
-                 **settings: Any):
+                 connection_opened: Callbacks[[IOStream | None]] | None = None, **settings: Any):
         super().__init__(routes, **settings)
         self.trusted_proxies = tuple(trusted_proxies)
+        # A connection's first request is handled (a pay page's: its state is
+        # sent); the listener takes new connections only while few are opening.
+        self.connection_opened = Callbacks("connection opened") if connection_opened is None else connection_opened
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         # One line per event: a notify that was recorded is logged where its
         # payment was, so its access line would be a second one. Refusals
         # and failures keep theirs.
+        if not isinstance(handler, tornado.websocket.WebSocketHandler) or handler.get_status() != 101:
+            # An upgraded socket says so itself, once it has sent its state.
+            self.connection_opened(getattr(handler.request.connection, "stream", None))
         if isinstance(handler, notify.NotifyHandler) and handler.get_status() < 400:
             return
         super().log_request(handler)
@@ -86,7 +95,7 @@ class PaypushApplication(tornado.web.Application):
         return super().find_handler(request, **kwargs)
 
 
-def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
+def make_app(services: Services, **overrides: Any) -> PaypushApplication:
     settings = services.settings
     requests = services.requests
     catalog = Catalog(services.store)
@@ -101,10 +110,11 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
     notifies = {"requests": requests, "payments": services.payments,
                 "count": lambda outcome: services.metrics.notifies.labels(outcome).inc()}
     probes = {"requests": requests, "probes": services.probes}
+    connection_opened: Callbacks[[IOStream | None]] = Callbacks("connection opened")
     socket = {"deps": ws.SocketDeps(
         hub=services.hub, orders=services.orders, tokens=services.push_tokens,
         cookie_secret=settings.cookie_secret, public_netloc=urlsplit(settings.public_url).netloc.lower(),
-        on_delivered=services.pushed, heard=services.bridge.heard)}
+        on_delivered=services.pushed, heard=services.bridge.heard, opened=connection_opened)}
     routes: list[tornado.web.URLSpec] = [
         tornado.web.url(r"/", pages.ShopPage, page, name="shop"),
         tornado.web.url(r"/login", pages.LoginPage, page, name="login"),
@@ -154,7 +164,7 @@ def make_app(services: Services, **overrides: Any) -> tornado.web.Application:
         "websocket_max_message_size": 4096,
     }
     app_settings.update(overrides)
-    return PaypushApplication(routes, settings.trusted_proxies, **app_settings)
+    return PaypushApplication(routes, settings.trusted_proxies, connection_opened, **app_settings)
 
 
 def make_metrics_app(services: Services) -> tornado.web.Application:

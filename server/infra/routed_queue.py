@@ -81,16 +81,19 @@ class RoutedQueue:
         waiter = self._loop.create_future()
         self._waiters.setdefault(key, []).append(waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), within)
-        except TimeoutError:
-            return False
+            # asyncio.wait, not wait_for: a page that waits in vain raises
+            # nothing. In a burst thousands do, and each TimeoutError's
+            # traceback held the page's frames in a cycle until the collector
+            # ran, interleaving garbage with the sockets that stay (pymalloc
+            # kept 7 KiB a page of emptied pools; BENCHMARKS.md).
+            await asyncio.wait((waiter,), timeout=within)
         finally:
             waiting = self._waiters.get(key)
             if waiting and waiter in waiting:
                 waiting.remove(waiter)
                 if not waiting:
                     del self._waiters[key]
-        return True
+        return waiter.done()
 
     def rebind_all(self) -> None:
         """After a reconnect the queue is new and bound to nothing: bind every wanted key again."""
