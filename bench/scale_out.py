@@ -215,7 +215,7 @@ def restart_storm(stack: Any, servers: list[Any], fleets: Fleets, orders: list[t
         sending = asyncio.create_task(asyncio.to_thread(
             lambda: loop_result.update(zip(("sent", "round_trips", "failures"), asyncio.run(
                 send_notifies(stack.base_url, unpaid, args.rate, 30, 2)), strict=True))))
-        await asyncio.to_thread(victim.wait, 30)
+        await asyncio.to_thread(victim.wait, 120)
         loop_result["exit_code"] = victim.returncode
         loop_result["stopped_in"] = time.time() - stopped_at
         proc, _ = await asyncio.to_thread(stack.spawn_server, stack.port)

@@ -132,3 +132,19 @@ async def test_a_page_is_caught_up_from_the_store_when_its_key_is_bound_again(
     caught_up = await sock.next(within=10, skip_controls=True)
     assert caught_up is not None and caught_up["status"] == "paid"
     assert services.bridge.queue.binds > binds
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stopping_process_leaves_its_pages_keys_to_go_with_its_queue(
+        shopper: Shopper, base_url: str, services: Services) -> None:
+    """Closing 14,000 pages on SIGTERM must not cost a timer and an unbind
+    each: the queue is deleted with the connection, bindings and all."""
+    order = await shopper.order([("tea-longjing", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await sock.next_event())["status"] == "unpaid"
+    queue = services.bridge.queue
+    assert queue is not None and len(queue) == 1
+    services.stop_taking_work()
+    services.hub.close_all()
+    assert await sock.next() is None and sock.close_code == 1001
+    assert queue.unbinding == 0 and len(queue) == 1  # given up by nobody: nothing to unbind, no timer

@@ -85,6 +85,12 @@ class Bridge:
         if self.queue is not None:
             self.queue.want(ROUTING_PREFIX + token)
 
+    def stop_binding(self) -> None:
+        """Shutdown: the pages are about to be closed, and the queue goes with
+        the connection; their keys are neither bound nor unbound one by one."""
+        if self.queue is not None:
+            self.queue.freeze()
+
     def unwatch(self, token: str) -> None:
         if self.queue is not None:
             self.queue.give_up(ROUTING_PREFIX + token)

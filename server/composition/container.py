@@ -181,6 +181,7 @@ class Services:
         self.stopping.set()
         self.timeout_queues.stop_taking()
         self.refund_queues.accepting = False
+        self.bridge.stop_binding()
 
 
     async def finish_in_flight(self, within: float) -> int:

@@ -48,6 +48,8 @@ class RoutedQueue:
         self._given_up: dict[str, float] = {}  # key -> when it stopped being wanted
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._wake = asyncio.Event()
+        self._unbind_timer: asyncio.TimerHandle | None = None  # one for all keys given up, not one each
+        self._frozen = False
         self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self.binds = self.unbinds = 0
@@ -62,17 +64,46 @@ class RoutedQueue:
         """Keys wanted and not bound yet."""
         return len(self._wanted) - len(self._wanted & self._bound)
 
+    @property
+    def unbinding(self) -> int:
+        """Keys given up and waiting out their grace before they are unbound."""
+        return len(self._given_up)
+
+    def freeze(self) -> None:
+        """Shutdown: bind and unbind nothing more. The queue goes with the
+        connection, its bindings with it, so a stopping process with 14,000
+        pages spends nothing on each one's key (that was 45 % of closing them)."""
+        self._frozen = True
+        if self._unbind_timer is not None:
+            self._unbind_timer.cancel()
+            self._unbind_timer = None
+
     def want(self, key: str) -> None:
+        if self._frozen:
+            return
         self._given_up.pop(key, None)
         self._wanted.add(key)
         if key not in self._bound:
             self._kick()
 
     def give_up(self, key: str) -> None:
+        if self._frozen:
+            return
         self._wanted.discard(key)
         if key in self._bound and key not in self._given_up:
             self._given_up[key] = time.monotonic()
-            self._loop.call_later(self.grace, self._wake.set)
+            self._unbind_later()
+
+    def _unbind_later(self) -> None:
+        """Wake once the oldest key given up has waited out its grace."""
+        if self._unbind_timer is None and self._given_up and not self._frozen:
+            due = next(iter(self._given_up.values())) + self.grace  # oldest first: dicts keep insertion order
+            self._unbind_timer = self._loop.call_at(self._loop.time() + max(0.0, due - time.monotonic()),
+                                                    self._unbind_due)
+
+    def _unbind_due(self) -> None:
+        self._unbind_timer = None
+        self._kick()
 
     async def bound(self, key: str, within: float) -> bool:
         """Wait (at most ``within`` seconds) until ``key`` is bound; True if it is."""
@@ -107,7 +138,7 @@ class RoutedQueue:
             self._task = self._loop.create_task(self._run(), name="routed-queue")
 
     async def _run(self) -> None:
-        while True:
+        while not self._frozen:
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -115,13 +146,15 @@ class RoutedQueue:
             except self._errors as exc:
                 # The broker is gone; a reconnect calls rebind_all.
                 log.warning("paynotify bindings not updated: %s: %s", type(exc).__name__, exc)
+            self._unbind_later()
 
     async def _converge(self) -> None:
-        while missing := list(self._wanted - self._bound):
+        while not self._frozen and (missing := list(self._wanted - self._bound)):
             await asyncio.gather(*(self._bind_some(channel, missing[n::len(self.channels)])
                                    for n, channel in enumerate(self.channels)))
         cutoff = time.monotonic() - self.grace
-        going = [key for key, since in self._given_up.items() if since <= cutoff and key not in self._wanted]
+        going = [key for key, since in self._given_up.items()
+                 if since <= cutoff and key not in self._wanted and not self._frozen]
         await asyncio.gather(*(self._unbind_some(channel, going[n::len(self.channels)])
                                for n, channel in enumerate(self.channels)))
 
@@ -151,6 +184,7 @@ class RoutedQueue:
             self._given_up.pop(key, None)
 
     async def close(self) -> None:
+        self.freeze()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
