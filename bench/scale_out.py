@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
 import subprocess
@@ -41,11 +42,13 @@ from bench.clients import ClientFleet, Job, split
 from bench.harness import (
     RESULTS,
     cookie,
+    cpu_seconds,
     ensure_rabbitmq_sockets,
     new_plot,
     notify_body,
     percentiles,
     rabbitmq_memory_kib,
+    rabbitmq_pid,
     rss_kib,
     running_stack,
     save,
@@ -124,6 +127,21 @@ def wait_bound(want: int, within: float = 600) -> float:
     return time.monotonic() - started
 
 
+def cpu_sample(groups: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
+    """When, each group's CPU seconds so far, and the whole machine's (``machine``)."""
+    per = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    per["machine"] = (sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])) / os.sysconf("SC_CLK_TCK")
+    return time.monotonic(), per
+
+
+def cores_since(start: tuple[float, dict[str, float]], groups: dict[str, list[int]]) -> dict[str, float]:
+    """Cores each group used since ``start`` (a ``cpu_sample``)."""
+    at, before = start
+    now, after = cpu_sample(groups)
+    return {name: round((after[name] - before[name]) / (now - at), 3) for name in before}
+
+
 def latencies(sent: dict[str, float], heard: dict[str, float]) -> tuple[dict[str, float], int]:
     lat = [(heard[o] - t) * 1000 for o, t in sent.items() if o in heard]
     return percentiles(lat), len(sent) - len(lat)
@@ -169,6 +187,15 @@ def main() -> None:
             print(f"server memory per page: {result['server_kib_per_page']:.2f} KiB (summed over {processes} "
                   f"processes); RabbitMQ {result['rabbitmq_kib_per_page']:.2f} KiB per page", flush=True)
 
+            # Where the machine's two cores go with every page waiting and nothing paid yet.
+            groups = {"paypush": pids, "page clients": [p.pid for p in fleets.procs], "RabbitMQ": [rabbitmq_pid()],
+                      "MongoDB (nx-27017)": [stack.mongo_pid]}
+            start = cpu_sample(groups)
+            time.sleep(10)
+            result["idle_cores"] = cores_since(start, groups)
+            print("cores used with every page waiting: " + ", ".join(
+                f"{name} {cores:.2f}" for name, cores in result["idle_cores"].items()), flush=True)
+
             watched = ids[:stomp]
             if stomp:
                 tokens = PushTokens(stack.env()["COOKIE_SECRET"])
@@ -176,9 +203,14 @@ def main() -> None:
                 stomp_fleet = ClientFleet([Job("stomp", part, destinations=dest,
                                                passcode=stack.env()["STOMP_PASSCODE"]) for part in split(watched, 2)])
                 stomp_fleet.start()
+                groups["STOMP clients"] = [p.pid for p in stomp_fleet.procs]
             by_id = dict(orders)
             pool = [(o, by_id[o]) for o in (watched or ids)]
+            start = cpu_sample(groups)
             sent, round_trips, failures = asyncio.run(send_notifies(stack.base_url, pool, args.rate, args.seconds, 1))
+            result["push_cores"] = cores_since(start, groups)
+            print("cores used while notifies came: " + ", ".join(
+                f"{name} {cores:.2f}" for name, cores in result["push_cores"].items()), flush=True)
             time.sleep(3)
             native, missed = latencies(sent, fleets.report()["heard"])
             result["push"] = {"native": {**native, "missed": missed}, "notify_failures": failures,

@@ -91,3 +91,15 @@ async def test_a_connection_that_sends_nothing_cannot_stop_accepting_for_long(li
     with idle_connection(base_url):
         assert await get(base_url, "/healthz") == 200  # accepted once the idle one stopped counting
         assert listener.paused >= 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_request_that_is_no_page_stops_counting_once_its_headers_are_read(listener: Listener,
+                                                                                   base_url: str) -> None:
+    """A notify still waiting for its body (or on RabbitMQ) holds no page out."""
+    listener.opening_seconds = 600
+    with idle_connection(base_url) as slow:
+        slow.sendall(b"POST /wxpay/notify HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\n")
+        await eventually(lambda: listener.opening == 0, message="the notify without its body no longer opening")
+        listener.limit = 1  # the one slot is free: the notify does not hold it
+        assert await asyncio.wait_for(get(base_url, "/healthz"), 10) == 200

@@ -12,12 +12,15 @@ bigger, against 12.9 KiB when at most 400 were opening at once (the same
 objects, 69 MiB more of emptied pools; BENCHMARKS.md).
 
 So a connection counts as *opening* from its accept until its first request
-is handled: an HTTP request has been answered, a pay page's socket has sent
-the order's state. While ``limit`` are opening, this process stops accepting
-and the kernel's accept queue (``LISTEN_BACKLOG`` deep, where a connection
-costs this process nothing) holds the rest. A connection that sends nothing
-counts for at most ``OPENING_SECONDS``, so idle or hostile connections slow
-the accepting down but cannot stop it.
+is known not to be a page's socket (its headers are read), or until that
+socket has sent the order's state. Only pages are held back: a notify that
+waits on a busy RabbitMQ, or a page that polls, must not keep pages out (in
+a 100,000-page restart storm notifies waited seconds on publisher confirms).
+While ``limit`` are opening, this process stops accepting and the kernel's
+accept queue (``LISTEN_BACKLOG`` deep, where a connection costs this process
+nothing) holds the rest. A connection that sends nothing counts for at most
+``OPENING_SECONDS``, so idle or hostile connections slow the accepting down
+but cannot stop it.
 """
 
 from __future__ import annotations

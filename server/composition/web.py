@@ -76,8 +76,8 @@ class PaypushApplication(tornado.web.Application):
         # One line per event: a notify that was recorded is logged where its
         # payment was, so its access line would be a second one. Refusals
         # and failures keep theirs.
-        if not isinstance(handler, tornado.websocket.WebSocketHandler) or handler.get_status() != 101:
-            # An upgraded socket says so itself, once it has sent its state.
+        if isinstance(handler, tornado.websocket.WebSocketHandler) and handler.get_status() != 101:
+            # Refused before the upgrade; an upgraded socket says so itself, once it has sent its state.
             self.connection_opened(getattr(handler.request.connection, "stream", None))
         if isinstance(handler, notify.NotifyHandler) and handler.get_status() < 400:
             return
@@ -86,6 +86,10 @@ class PaypushApplication(tornado.web.Application):
     def find_handler(self, request: tornado.httputil.HTTPServerRequest,
                      **kwargs: Any) -> tornado.web._HandlerDelegate:
         # Called once per request, before any handler (or the access log) sees it.
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            # Only a page's opening is held to the listener's limit: a notify
+            # waiting on RabbitMQ, or a page polling, must not keep pages out.
+            self.connection_opened(getattr(request.connection, "stream", None))
         peer = request.remote_ip or ""
         if self.trusted_proxies and _trusted(peer, self.trusted_proxies):
             request.remote_ip = forwarded_client(peer, request.headers, self.trusted_proxies)
