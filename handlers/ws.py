@@ -2,9 +2,10 @@
 
 Login cookie and ownership are checked after the upgrade, so a refusal is a
 close code the page can act on: 4401 log in, 4404 not your order, 4429 too many
-sockets. The socket subscribes, waits until this process hears its order's
-events from RabbitMQ, then reads the order, sends the state, then each change:
-no event can fall between the two.
+sockets. The socket subscribes, waits (briefly) until this process hears its
+order's events from RabbitMQ, then reads the order, sends the state, then each
+change; when the binding comes later than the wait, the bridge reads the order
+again once it is made: no event can fall between the two.
 """
 
 from __future__ import annotations

@@ -97,9 +97,12 @@ async def test_the_bridge_hears_exactly_the_pages_this_process_holds(
     assert not await routed(amqp_url, key), "no page waits for this order, yet its events reach a queue"
 
     sock = await PageSocket.open(base_url, order["id"], shopper)
-    # The state is sent only once the key is bound: nothing can fall in between.
     assert (await sock.next_event())["status"] == "unpaid"
-    assert await routed(amqp_url, key)
+
+    async def bound() -> bool:
+        return await routed(amqp_url, key)
+
+    await eventually(bound, message="the page's key bound to this process's queue")
     paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
     # As another process would: only the bridge can bring it.
     assert await services.bus.publish_events([(key, paid, {})]) == [None]

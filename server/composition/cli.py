@@ -144,6 +144,10 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     server = tornado.httpserver.HTTPServer(app)  # proxy headers: TRUSTED_PROXIES (web.py)
     listener = Listener(server)
     app.connection_opened.add(listener.done)
+    services.metrics.gauge("paypush_connections_opening", "Connections accepted whose page is not open yet "
+                           "(new ones wait in the kernel's queue past the limit)", lambda: listener.opening)
+    services.metrics.gauge("paypush_accept_pauses", "Times this process stopped accepting since start: "
+                           "too many pages opening at once", lambda: listener.paused)
     try:
         listener.listen(settings.port, settings.host, reuse_port=settings.reuse_port)
     except OSError as exc:

@@ -20,12 +20,14 @@ While ``limit`` are opening, this process stops accepting and the kernel's
 accept queue (``LISTEN_BACKLOG`` deep, where a connection costs this process
 nothing) holds the rest. A connection that sends nothing counts for at most
 ``OPENING_SECONDS``, so idle or hostile connections slow the accepting down
-but cannot stop it.
+but cannot stop it. Opening must stay short: with SO_REUSEPORT the kernel
+picks a process by the connection's addresses, and a page retrying its SYN
+lands on the same full queue again while another process idles (which is why
+a page waits only briefly for its key to be bound: paynotify_bridge.BIND_WAIT).
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 from collections.abc import Callable
@@ -34,8 +36,6 @@ import tornado.httpserver
 import tornado.iostream
 import tornado.netutil
 from tornado.ioloop import PeriodicCallback
-
-log = logging.getLogger(__name__)
 
 # The kernel caps it at net.core.somaxconn: a restart sends thousands of pages
 # at once, and Tornado's 128 would refuse most of them for a retry.
@@ -58,7 +58,7 @@ class Listener:
         self._sockets: list[socket.socket] = []
         self._stop_accepting: list[Callable[[], None]] = []
         self._stopped = False
-        # Also forgets connections that closed before their first request was handled.
+        # Also forgets connections that closed while opening.
         self._sweeper = PeriodicCallback(self._sweep, SWEEP_SECONDS * 1000)
 
     @property
@@ -80,7 +80,8 @@ class Listener:
         self._resume()
 
     def done(self, stream: tornado.iostream.IOStream | None) -> None:
-        """``stream``'s first request is handled: it no longer counts as opening."""
+        """``stream`` no longer counts as opening: its request is no page's
+        socket, or the page has been sent its state (or refused)."""
         if stream is not None and self._opening.pop(stream, None) is not None and not self.accepting:
             self._resume()
 
