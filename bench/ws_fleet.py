@@ -3,8 +3,9 @@
 Each page is a bare WebSocket client (an asyncio protocol, a few KiB): the
 upgrade with the login cookie, then it reads frames, answers the server's
 pings, and notes when it hears its order's state. A fleet process holds up to
-FLEET_SOCKETS of them (the 20,000-file limit) from its own loopback source
-address (127.0.0.N: one address pair runs out of ephemeral ports near 28k).
+FLEET_SOCKETS of them (the 20,000-file limit) from its own loopback /16,
+each connection from an address of it (one address pair runs out of
+ephemeral ports near 28k, and see ``Fleet.source``).
 
 A page whose socket closes comes back by the pay page's own rules
 (``bench/page_rules.py``, kept in step with static/js/pay.js by a test),
@@ -43,7 +44,7 @@ class FleetJob:
     port: int
     cookie: str
     order_ids: list[str]
-    source: str  # loopback source address, e.g. 127.0.0.2
+    source: str  # this fleet's loopback /16, e.g. 127.2 (each connection picks an address in it)
     seed: int
 
 
@@ -194,6 +195,14 @@ class Fleet:
                 self.failed(f"connect: {errno.errorcode.get(exc.errno or 0, exc)}")
                 page._lost()
 
+    def source(self) -> str:
+        """A loopback address of this fleet's own /16 for each connection, as
+        pages come from many browsers. From one address, a page coming back
+        reused its old port (loopback reuses TIME_WAIT ports: tcp_tw_reuse=2),
+        so it had the same addresses as before, and SO_REUSEPORT's hash sent
+        every page of a stopped process to the same one survivor."""
+        return f"{self.job.source}.{self.rng.randrange(256)}.{self.rng.randrange(1, 255)}"
+
     async def socket_to_server(self) -> socket.socket:
         """A socket connected to the server from this fleet's source address.
 
@@ -206,7 +215,7 @@ class Fleet:
         try:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
             sock.setblocking(False)
-            sock.bind((self.job.source, 0))
+            sock.bind((self.source(), 0))
             await asyncio.get_running_loop().sock_connect(sock, (self.job.host, self.job.port))
         except BaseException:
             sock.close()
@@ -326,6 +335,6 @@ class Fleets:
 
 
 def jobs_for(host: str, port: int, cookie: str, order_ids: list[str]) -> list[FleetJob]:
-    """One client process per FLEET_SOCKETS pages, each from its own source address."""
+    """One client process per FLEET_SOCKETS pages, each from its own loopback /16."""
     count = max(1, -(-len(order_ids) // FLEET_SOCKETS))
-    return [FleetJob(host, port, cookie, order_ids[i::count], f"127.0.0.{i + 2}", seed=i) for i in range(count)]
+    return [FleetJob(host, port, cookie, order_ids[i::count], f"127.{i + 2}", seed=i) for i in range(count)]
