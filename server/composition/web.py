@@ -68,8 +68,9 @@ class PaypushApplication(tornado.web.Application):
                  connection_opened: Callbacks[[IOStream | None]] | None = None, **settings: Any):
         super().__init__(routes, **settings)
         self.trusted_proxies = tuple(trusted_proxies)
-        # A connection's first request is handled (a pay page's: its state is
-        # sent); the listener takes new connections only while few are opening.
+        # A connection is no longer opening: its request is no page's socket
+        # (headers read), or the page has its state. The listener takes new
+        # connections only while few are opening (composition/listening.py).
         self.connection_opened = Callbacks("connection opened") if connection_opened is None else connection_opened
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
