@@ -66,7 +66,13 @@ async def test_bridge_recovers_after_rabbitmq_drops_every_connection(
     # notify on this process would also be handed to the socket directly).
     paid = {"type": "paid", "order_id": order["id"], "status": "paid", "total_fee": order["pay_money"]}
     assert await services.bus.publish_events([(services.push_tokens.routing_key(order["id"]), paid, {})]) == [None]
-    assert await sock.next(within=10, skip_controls=True) == paid
+    heard = await sock.next(within=10, skip_controls=True)
+    if heard is not None and heard["type"] == "status" and heard["status"] == "unpaid":
+        # The rebind's catch-up read may land after the control: to the hub a
+        # control is a status of its own, so the page's real state is news
+        # again. Only a repeat of that state may come before the payment.
+        heard = await sock.next(within=10, skip_controls=True)
+    assert heard == paid
 
 
 async def routed(amqp_url: str, routing_key: str) -> bool:
