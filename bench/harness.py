@@ -63,6 +63,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_sample(groups: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
+    """When, each group's CPU seconds so far, and the whole machine's (``machine``)."""
+    per = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    per["machine"] = (sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])) / os.sysconf("SC_CLK_TCK")
+    return time.monotonic(), per
+
+
+def cores_since(start: tuple[float, dict[str, float]], groups: dict[str, list[int]]) -> dict[str, float]:
+    """Cores each group used since ``start`` (a ``cpu_sample``)."""
+    at, before = start
+    now, after = cpu_sample(groups)
+    return {name: round((after[name] - before[name]) / (now - at), 3) for name in before}
+
+
 def rabbitmq_pid() -> int:
     out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True, timeout=10).stdout
     return int(out.split()[0])

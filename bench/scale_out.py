@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -42,7 +41,8 @@ from bench.clients import ClientFleet, Job, split
 from bench.harness import (
     RESULTS,
     cookie,
-    cpu_seconds,
+    cores_since,
+    cpu_sample,
     ensure_rabbitmq_sockets,
     new_plot,
     notify_body,
@@ -125,21 +125,6 @@ def wait_bound(want: int, within: float = 600) -> float:
             raise RuntimeError(f"only {bound} of {want} page keys bound after {within:.0f} s")
         time.sleep(2)
     return time.monotonic() - started
-
-
-def cpu_sample(groups: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
-    """When, each group's CPU seconds so far, and the whole machine's (``machine``)."""
-    per = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    per["machine"] = (sum(int(f) for f in fields) - int(fields[3]) - int(fields[4])) / os.sysconf("SC_CLK_TCK")
-    return time.monotonic(), per
-
-
-def cores_since(start: tuple[float, dict[str, float]], groups: dict[str, list[int]]) -> dict[str, float]:
-    """Cores each group used since ``start`` (a ``cpu_sample``)."""
-    at, before = start
-    now, after = cpu_sample(groups)
-    return {name: round((after[name] - before[name]) / (now - at), 3) for name in before}
 
 
 def latencies(sent: dict[str, float], heard: dict[str, float]) -> tuple[dict[str, float], int]:

@@ -57,7 +57,7 @@ class SocketDeps:
     # Returns once this process hears the token's events from RabbitMQ (or has waited long enough).
     heard: Callable[[str], Awaitable[None]]
     # The socket's opening is over (its state sent, or it was refused): given the connection's stream.
-    opened: Callable[[IOStream | None], None] = lambda stream: None
+    opened: Callable[[IOStream | None], None]
 
 
 class PaySocket(tornado.websocket.WebSocketHandler):

@@ -25,7 +25,7 @@ import settings as settings_mod
 from server.accounts.users import InvalidUser, create_user
 from server.composition.container import open_services
 from server.composition.demo import DEMO_PASSWORD, DEMO_USER
-from server.composition.listening import Listener
+from server.composition.listening import Listener, raise_open_file_limit
 from server.composition.web import make_app, make_metrics_app, make_simulator_app
 from server.domain.catalog import InvalidSku, check_sku_fields, list_skus, set_sku
 from server.domain.money import yuan
@@ -124,15 +124,6 @@ async def wait_for_shutdown_signal() -> str:
         loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     return received[0]
-
-
-def raise_open_file_limit() -> None:
-    """Every waiting pay page is an open file: take the hard limit, not the
-    soft one (often 1,024), as nginx's worker_rlimit_nofile does."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: EmbeddedMongo | None = None) -> None:

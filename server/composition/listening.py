@@ -28,6 +28,8 @@ a page waits only briefly for its key to be bound: paynotify_bridge.BIND_WAIT).
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -43,6 +45,15 @@ LISTEN_BACKLOG = 4096
 OPENING_LIMIT = 256
 OPENING_SECONDS = 5.0
 SWEEP_SECONDS = 0.25
+
+
+def raise_open_file_limit() -> None:
+    """Every waiting pay page is an open file: take the hard limit, not the
+    soft one (often 1,024), as nginx's worker_rlimit_nofile does."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class Listener:

@@ -64,14 +64,14 @@ class PaypushApplication(tornado.web.Application):
     """Tornado's ``xheaders`` believes X-Real-IP from anyone; here the proxy
     headers count only when the peer is in ``TRUSTED_PROXIES``."""
 
-    def __init__(self, routes: list[tornado.web.URLSpec], trusted_proxies: Sequence[Network] = (),
-                 connection_opened: Callbacks[[IOStream | None]] | None = None, **settings: Any):
+    def __init__(self, routes: list[tornado.web.URLSpec], connection_opened: Callbacks[[IOStream | None]],
+                 trusted_proxies: Sequence[Network] = (), **settings: Any):
         super().__init__(routes, **settings)
         self.trusted_proxies = tuple(trusted_proxies)
         # A connection is no longer opening: its request is no page's socket
         # (headers read), or the page has its state. The listener takes new
         # connections only while few are opening (composition/listening.py).
-        self.connection_opened = Callbacks("connection opened") if connection_opened is None else connection_opened
+        self.connection_opened = connection_opened
 
     def log_request(self, handler: tornado.web.RequestHandler) -> None:
         # One line per event: a notify that was recorded is logged where its
@@ -169,7 +169,7 @@ def make_app(services: Services, **overrides: Any) -> PaypushApplication:
         "websocket_max_message_size": 4096,
     }
     app_settings.update(overrides)
-    return PaypushApplication(routes, settings.trusted_proxies, connection_opened, **app_settings)
+    return PaypushApplication(routes, connection_opened, settings.trusted_proxies, **app_settings)
 
 
 def make_metrics_app(services: Services) -> tornado.web.Application:
