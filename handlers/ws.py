@@ -177,3 +177,9 @@ class PaySocket(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.sub is not None:
             self.deps.hub.unsubscribe(self.sub)
+            # The subscriber points back at this socket: left as a cycle, a
+            # closed page (handler, connection, stream, ~22 objects) waits for
+            # the cyclic collector instead of going at once, and the
+            # collector's full passes are what stall a process holding
+            # thousands of pages (server/infra/gc_policy.py).
+            self.sub = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import tornado.httpclient
 
@@ -136,3 +139,23 @@ async def test_a_full_process_turns_pages_away_to_try_again(shopper: Shopper, ma
     await eventually(services.hub.has_room, message="the closed socket's room freed")
     again = await PageSocket.open(base_url, other["id"], mallory)
     assert (await again.next_event())["type"] == "status"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_closed_page_goes_without_the_garbage_collector(shopper: Shopper, base_url: str,
+                                                                services: Services) -> None:
+    # A page left in a cycle waits for a full collection, and those stall a
+    # process holding thousands of pages; frozen (server/infra/gc_freezer.py),
+    # it would never go at all.
+    order = await shopper.order([("fan-silk", 1)])
+    sock = await PageSocket.open(base_url, order["id"], shopper)
+    assert (await sock.next_event())["type"] == "status"
+    [sub] = services.hub.subscribers()
+    handler = weakref.ref(sub.peer)
+    del sub
+    gc.disable()
+    try:
+        sock.close()
+        await eventually(lambda: handler() is None, message="the closed page's handler freed")
+    finally:
+        gc.enable()
