@@ -33,6 +33,7 @@ from server.domain.reconciliation import yesterday_in_beijing
 from server.gateway.errors import BillNotReady, GatewayError
 from server.infra import logs
 from server.infra.embedded_mongo import EmbeddedMongo
+from server.infra.gc_freezer import Freezer
 from server.infra.store import connect
 from server.simulator.app import Simulator
 
@@ -145,6 +146,8 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
         await services.close()
         hint = "" if settings.reuse_port else " (paypush processes share a port with REUSE_PORT=1 on each)"
         raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
+    freezer = Freezer()
+    freezing = asyncio.get_running_loop().create_task(freezer.run(services.stopping), name="gc-freezer")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     log.info("paypush listening on http://%s:%d (public URL %s%s); open-file limit %d (hard %d): each waiting "
              "pay page holds one, and past %d pages new ones are sent elsewhere (1013)", settings.host, settings.port,
@@ -171,6 +174,8 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), 1.0)
     await services.close(within=STOP_SECONDS - (time.monotonic() - started))
+    await freezing  # over once stopping is set
+    freezer.release()
     log.info("paypush stopped in %.1fs", time.monotonic() - started)
 
 

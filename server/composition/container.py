@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import time
@@ -117,6 +118,8 @@ class Services:
         """Gauges and counters read from the live objects when /metrics is scraped."""
         m = self.metrics
         m.gauge("paypush_open_sockets", "Pay-page sockets open on this process", lambda: len(self.hub))
+        m.gauge("paypush_gc_frozen_objects", "Objects out of the garbage collector's full passes "
+                "(server/infra/gc_freezer.py)", gc.get_freeze_count)
         m.gauge("paypush_bridge_keys", "Order keys this process's bridge queue is bound to",
                 lambda: len(self.bridge.queue) if self.bridge.queue is not None else 0)
         m.gauge("paypush_bridge_keys_pending", "Order keys wanted by pages here and not bound yet",

@@ -4,11 +4,18 @@ gauges read from the live objects when scraped."""
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+# A pause this long delays every push queued behind it past the 50 ms a page
+# is promised, so each one is worth a line of its own.
+LOGGED_GC_PAUSE = 0.1
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -46,7 +53,11 @@ class Metrics:
         if phase == "start":
             self._gc_started = time.perf_counter()
         else:
-            self.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - self._gc_started)
+            paused = time.perf_counter() - self._gc_started
+            self.gc_pause.labels(str(info["generation"])).observe(paused)
+            if paused >= LOGGED_GC_PAUSE:
+                log.warning("garbage collection of generation %d paused this process for %.0f ms (%d collected)",
+                            info["generation"], paused * 1000, info["collected"])
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(read)
