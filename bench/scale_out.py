@@ -191,6 +191,7 @@ def main() -> None:
                 groups["STOMP clients"] = [p.pid for p in stomp_fleet.procs]
             by_id = dict(orders)
             pool = [(o, by_id[o]) for o in (watched or ids)]
+            print(f"sending {args.rate:.0f} notifies/s for {args.seconds:.0f} s", flush=True)
             start = cpu_sample(groups)
             sent, round_trips, failures = asyncio.run(send_notifies(stack.base_url, pool, args.rate, args.seconds, 1))
             result["push_cores"] = cores_since(start, groups)
