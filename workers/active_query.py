@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_INTERVAL = 60.0
 
 
-# Orders looked at per pass (one read by _id each). A backstop for lost
+# Orders looked at per pass (read together in one query). A backstop for lost
 # notifies must never become the load: with many waiting pages it spreads its
 # look-ups out instead of reading them all.
 PER_PASS = 25
@@ -65,7 +65,7 @@ class ActiveQuery:
 
         Once ``stop`` is set no further order is looked at (shutdown)."""
         now = time.time()
-        found = 0
+        due: list[tuple[str, str]] = []  # (order_id, push token)
         for _ in range(PER_PASS):
             if not self._due or self._due[0][0] > now or (stop is not None and stop.is_set()):
                 break
@@ -76,7 +76,16 @@ class ActiveQuery:
             interval = self._interval[order_id]
             self._interval[order_id] = min(interval * 2, MAX_INTERVAL)
             heapq.heappush(self._due, (now + interval, order_id, token))
-            order = await self.orders.get(order_id)
+            due.append((order_id, token))
+        if not due:
+            return 0
+        # One query for the pass: with a process per 14,000 pages, one read
+        # per order was 90 store commands a second on the machine, queued in
+        # front of the notifies' own.
+        orders = {order["_id"]: order for order in await self.orders.visible([order_id for order_id, _ in due])}
+        found = 0
+        for order_id, token in due:
+            order = orders.get(order_id)
             if order is None:
                 continue
             if order["status"] in (PAID, CLOSED):
@@ -89,6 +98,8 @@ class ActiveQuery:
             issued = (order.get("wx") or {}).get("at", 0)
             if order["status"] != UNPAID or not issued or now - issued < self.after:
                 continue
+            if stop is not None and stop.is_set():
+                break
             try:
                 if await self.payments.sync_with_wechat(order_id) == "SUCCESS":
                     log.info("active query: %s was paid without a notify", order_id)
