@@ -174,8 +174,9 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), 1.0)
     await services.close(within=STOP_SECONDS - (time.monotonic() - started))
-    await freezing  # over once stopping is set
-    freezer.release()
+    # Over once stopping is set. Nothing is unfrozen: the process is about to
+    # exit, and the interpreter's last collection then skips what is frozen.
+    await freezing
     log.info("paypush stopped in %.1fs", time.monotonic() - started)
 
 

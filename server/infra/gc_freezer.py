@@ -65,7 +65,7 @@ class Freezer:
         return found
 
     def release(self) -> None:
-        """Hand every object back to the collector (a stopping process, a test)."""
+        """Hand every object back to the collector (a test that is done with the freezer)."""
         gc.unfreeze()
 
     async def run(self, stopping: asyncio.Event) -> None:
