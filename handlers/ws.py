@@ -181,5 +181,5 @@ class PaySocket(tornado.websocket.WebSocketHandler):
             # closed page (handler, connection, stream, ~22 objects) waits for
             # the cyclic collector instead of going at once, and the
             # collector's full passes are what stall a process holding
-            # thousands of pages (server/infra/gc_policy.py).
+            # thousands of pages (server/infra/gc_freezer.py).
             self.sub = None

@@ -2,7 +2,7 @@
 
 CPython's cyclic collector walks every object it tracks in a full pass
 (generation 2), and nothing else runs meanwhile. A process holding 14,000
-waiting pages tracks about two million objects; there a full pass took 1-6 s
+waiting pages tracks about a million objects; there a full pass took 1-6 s
 (BENCHMARKS.md, "The collector"), and every push, notify and accept of that
 process waited behind it. Those passes found nothing to collect. A waiting
 page's objects live as long as the page, and a closed page is freed by
@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-FREEZE_SECONDS = 5.0
+FREEZE_SECONDS = 1.0
 RECLAIM_SECONDS = 3600.0
 
 
