@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from server.composition.cli import STOP_SECONDS
+from server.composition.serving import STOP_SECONDS
 from server.infra.embedded_mongo import free_port
 from tests.support.metrics import sample
 from tests.support.notify_client import post_notify, signed_notify

@@ -4,180 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import getpass
 import json
 import logging
-import resource
-import signal
 import ssl
 import sys
-import time
-from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import aiohttp
-import tornado.httpserver
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, ServerSelectionTimeoutError
 
 import settings as settings_mod
 from server.accounts.users import InvalidUser, create_user
 from server.composition.container import open_services
-from server.composition.demo import DEMO_PASSWORD, DEMO_USER
-from server.composition.listening import Listener, raise_open_file_limit
-from server.composition.web import make_app, make_metrics_app, make_simulator_app
+from server.composition.serving import serve, wait_for_shutdown_signal
+from server.composition.startup import StartupError, check_mongo, mongo_url_for
+from server.composition.web import make_simulator_app
 from server.domain.catalog import InvalidSku, check_sku_fields, list_skus, set_sku
 from server.domain.money import yuan
 from server.domain.reconciliation import yesterday_in_beijing
 from server.gateway.errors import BillNotReady, GatewayError
 from server.infra import logs
-from server.infra.embedded_mongo import EmbeddedMongo
-from server.infra.gc_freezer import Freezer
 from server.infra.store import connect
 from server.simulator.app import Simulator
 
 log = logging.getLogger(__name__)
-
-# Orchestrators kill 10 s after SIGTERM: the whole stop takes at most
-# STOP_SECONDS, of which in-flight work gets SHUTDOWN_GRACE_SECONDS and closing
-# connections (each with its own deadline) the rest.
-STOP_SECONDS = 8.5
-SHUTDOWN_GRACE_SECONDS = 5.0
-
-
-class StartupError(Exception):
-    """What paypush was pointed at cannot be used (MongoDB, VAR_DIR); the message says what to fix."""
-
-
-@contextlib.contextmanager
-def mongo_url_for(settings: settings_mod.Settings) -> Iterator[tuple[str, EmbeddedMongo | None]]:
-    """MONGO_URL, or the embedded server's URL (started here unless already running) and the server."""
-    if settings.mongo_url:
-        yield settings.mongo_url, None
-        return
-    try:
-        embedded = EmbeddedMongo(settings.var_dir / "mongo").attach_or_start()
-    except OSError as exc:
-        raise StartupError(f"VAR_DIR {str(settings.var_dir)!r} is not a directory paypush can write to "
-                           f"({exc.strerror}): set VAR_DIR to one, or MONGO_URL to a MongoDB") from None
-    except RuntimeError as exc:
-        raise StartupError(f"{exc}; or set MONGO_URL to a MongoDB") from None
-    try:
-        yield embedded.url, embedded
-    finally:
-        embedded.stop()  # only stops what this process started
-
-
-def _mongo_reason(exc: BaseException, url: str) -> str:
-    """The useful first part of a pymongo error, on one line, without the password."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    for tail in (" (configured timeouts", ", Timeout:", ", full error:"):
-        text = text.split(tail)[0]
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-        if password and len(password) >= 4:  # shorter ones would garble every word they occur in
-            text = text.replace(password, "***")
-    return text[:300]
-
-
-async def check_mongo(settings: settings_mod.Settings, url: str) -> None:
-    """One ping before anything else, so that a malformed, unreachable or refusing
-    MONGO_URL is one line saying so rather than a traceback from index creation."""
-    try:
-        store = connect(url, settings.mongo_db, settings.mongo_timeout_ms)
-    except (PyMongoError, ValueError) as exc:  # pymongo's URI parser raises both
-        raise StartupError(f"MONGO_URL is not a MongoDB URL ({_mongo_reason(exc, url)}): set it to "
-                           "mongodb://[user:password@]host[:port]/ (user and password percent-encoded), "
-                           "or leave it empty for the embedded server") from None
-    try:
-        await store.ping()
-    except ServerSelectionTimeoutError as exc:
-        raise StartupError(f"MongoDB did not answer within MONGO_TIMEOUT_MS={settings.mongo_timeout_ms} "
-                           f"({_mongo_reason(exc, url)}): start it, or fix MONGO_URL") from None
-    except ConfigurationError as exc:  # e.g. a mongodb+srv:// name with no SRV record
-        raise StartupError(f"MONGO_URL cannot be used ({_mongo_reason(exc, url)}): fix it, or leave it "
-                           "empty for the embedded server") from None
-    except OperationFailure as exc:
-        raise StartupError(f"MongoDB refused paypush ({_mongo_reason(exc, url)}): fix the user, "
-                           "password or authSource in MONGO_URL, or that user's roles") from None
-    except PyMongoError as exc:
-        raise StartupError(f"MongoDB failed paypush's first ping ({_mongo_reason(exc, url)}): "
-                           "check MONGO_URL and the server") from None
-    finally:
-        await store.close()
-
-
-async def wait_for_shutdown_signal() -> str:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[str] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        # Handlers stay installed: a second SIGTERM (orchestrators repeat
-        # themselves) must not kill a shutdown that is finishing in-flight work.
-        if received:
-            log.info("%s received again: already shutting down", sig.name)
-        received.append(sig.name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
-    await stop.wait()
-    return received[0]
-
-
-async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: EmbeddedMongo | None = None) -> None:
-    raise_open_file_limit()
-    await check_mongo(settings, mongo_url)
-    services = await open_services(settings, mongo_url, embedded)  # /healthz fails when it dies
-    await services.start_workers()
-    app = make_app(services)
-    server = tornado.httpserver.HTTPServer(app)  # proxy headers: TRUSTED_PROXIES (web.py)
-    listener = Listener(server)
-    app.connection_opened.add(listener.done)
-    services.metrics.gauge("paypush_connections_opening", "Connections accepted whose page is not open yet "
-                           "(new ones wait in the kernel's queue past the limit)", lambda: listener.opening)
-    services.metrics.gauge("paypush_accept_pauses", "Times this process stopped accepting since start: "
-                           "too many pages opening at once", lambda: listener.paused)
-    try:
-        listener.listen(settings.port, settings.host, reuse_port=settings.reuse_port)
-    except OSError as exc:
-        await services.close()
-        hint = "" if settings.reuse_port else " (paypush processes share a port with REUSE_PORT=1 on each)"
-        raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
-    freezer = Freezer()
-    freezing = asyncio.get_running_loop().create_task(freezer.run(services.stopping), name="gc-freezer")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    log.info("paypush listening on http://%s:%d (public URL %s%s); open-file limit %d (hard %d): each waiting "
-             "pay page holds one, and past %d pages new ones are sent elsewhere (1013)", settings.host, settings.port,
-             settings.public_url, ", port shared with other processes" if settings.reuse_port else "", soft, hard,
-             services.hub.max_sockets)
-    metrics_server = None
-    if not settings.sandbox:  # sandbox: /metrics is on the main listener
-        metrics_server = make_metrics_app(services).listen(settings.metrics_port, settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-    if settings.sandbox:
-        log.warning("SANDBOX MODE: WeChat Pay is the built-in simulator at %s; no real money moves",
-                    settings.simulator_base)
-        log.warning("SANDBOX MODE: demo login is %s / %s", DEMO_USER, DEMO_PASSWORD)
-    log.info("WeChat Pay API base: %s, notify_url: %s", settings.wxpay_api_base, settings.notify_url)
-    name = await wait_for_shutdown_signal()
-    started = time.monotonic()
-    log.info("%s received: shutting down", name)
-    services.stop_taking_work()  # first, with no await before it: no new sweep, query, drain or deadline
-    listener.stop()  # no new connections
-    if metrics_server is not None:
-        metrics_server.stop()
-    services.hub.close_all()  # 1001: pages reconnect to another process
-    await services.finish_in_flight(within=SHUTDOWN_GRACE_SECONDS)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.close_all_connections(), 1.0)
-    await services.close(within=STOP_SECONDS - (time.monotonic() - started))
-    # Over once stopping is set. Nothing is unfrozen: the process is about to
-    # exit, and the interpreter's last collection then skips what is frozen.
-    await freezing
-    log.info("paypush stopped in %.1fs", time.monotonic() - started)
 
 
 def mutual_tls_context(cert: str, key: str, client_ca: str) -> ssl.SSLContext:

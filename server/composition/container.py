@@ -1,6 +1,6 @@
 """The container: every long-lived object, built once from the settings and
 the connections opened at start-up, wired together here and nowhere else, and
-closed once. With web.py and cli.py this is the composition root: the only
+closed once. With web.py and the command line this is the composition root: the only
 code that imports workers/ (and, in web.py, handlers/)."""
 
 from __future__ import annotations
