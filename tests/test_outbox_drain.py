@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 
 from server.composition.container import Services
-from server.push.events import OrderEvents
+from server.push.events import HAS_PENDING_EVENT, TRANSITIONS, OrderEvents
 from tests.support.waiting import eventually
 
 BACKLOG = 450  # more than two drain batches
@@ -70,3 +70,17 @@ async def test_the_backlog_is_read_up_to_its_cap(services: Services) -> None:
          "pending_event": "paid", "pending_claim_until": time.time() + 60} for i in range(3)])
     assert await services.events.backlog() == 3
     assert await services.events.backlog(cap=2) == 2
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_outbox_condition_selects_exactly_the_orders_with_an_event_waiting(services: Services) -> None:
+    # The outbox asks for a range rather than {"$exists": True}, which the
+    # embedded store answers by reading every order (README, "nx-27017
+    # quirks"); both must be the same set, on any store, for every event kind.
+    orders = services.store.orders
+    waiting = [{"_id": f"waiting-{kind}", "pending_event": kind} for kind in TRANSITIONS]
+    await orders.insert_many([*waiting, {"_id": "settled"}, {"_id": "settled-again", "published": {"paid": 1.0}}])
+    by_range = {o["_id"] for o in await orders.find(HAS_PENDING_EVENT, projection={"_id": 1}).to_list(None)}
+    by_exists = {o["_id"] for o in await orders.find({"pending_event": {"$exists": True}},
+                                                     projection={"_id": 1}).to_list(None)}
+    assert by_range == by_exists == {o["_id"] for o in waiting}
