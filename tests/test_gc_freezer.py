@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from server.infra.gc_freezer import FREEZE_SECONDS, Freezer
+from server.lifecycle import InFlight
 from tests.support.processes import ServerProcess, base_env
 from tests.support.waiting import eventually
 
@@ -81,7 +82,7 @@ def test_a_cycle_formed_after_the_freeze_waits_for_the_reclaim(freezer: Freezer)
 async def test_it_freezes_on_its_own_and_reclaims_on_schedule() -> None:
     freezer = Freezer(freeze_every=0.05, reclaim_every=0.5, spread=lambda: 0.0)  # first reclaim after 0.25 s
     stopping = asyncio.Event()
-    running = asyncio.get_running_loop().create_task(freezer.run(stopping))
+    running = asyncio.get_running_loop().create_task(freezer.run(stopping, InFlight("passes")))
     try:
         pair = [Node(), Node()]
         await eventually(lambda: not in_collectors_sight(pair[0]), message="the pair frozen")

@@ -70,7 +70,8 @@ async def serve(settings: settings_mod.Settings, mongo_url: str, embedded: Embed
         hint = "" if settings.reuse_port else " (paypush processes share a port with REUSE_PORT=1 on each)"
         raise RuntimeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}{hint}") from None
     freezer = Freezer()
-    freezing = asyncio.get_running_loop().create_task(freezer.run(services.stopping), name="gc-freezer")
+    freezing = asyncio.get_running_loop().create_task(freezer.run(services.stopping, services.passes),
+                                                      name="gc-freezer")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     log.info("paypush listening on http://%s:%d (public URL %s%s); open-file limit %d (hard %d): each waiting "
              "pay page holds one, and past %d pages new ones are sent elsewhere (1013)", settings.host, settings.port,

@@ -25,12 +25,13 @@ a leak shows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import random
 import time
 from collections.abc import Callable
+
+from server.lifecycle import InFlight, every
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,7 @@ class Freezer:
         """One full pass over every object, frozen ones included; returns how many were unreachable."""
         started = time.perf_counter()
         gc.unfreeze()
-        found = gc.collect()
-        gc.freeze()
+        found = self.freeze_survivors()
         log.info("garbage collector: a full pass over every object took %.0f ms and found %d unreachable; "
                  "%d objects frozen again", (time.perf_counter() - started) * 1000, found, gc.get_freeze_count())
         return found
@@ -68,15 +68,15 @@ class Freezer:
         """Hand every object back to the collector (a test that is done with the freezer)."""
         gc.unfreeze()
 
-    async def run(self, stopping: asyncio.Event) -> None:
+    async def run(self, stopping: asyncio.Event, passes: InFlight) -> None:
         next_reclaim = time.monotonic() + self._first_reclaim
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.freeze_every)
-            if stopping.is_set():
-                return
+
+        async def one_pass() -> None:
+            nonlocal next_reclaim
             if time.monotonic() >= next_reclaim:
                 self.reclaim()
                 next_reclaim = time.monotonic() + self.reclaim_every
             else:
                 self.freeze_survivors()
+
+        await every(self.freeze_every, one_pass, stopping, passes, "gc freezer")
